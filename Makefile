@@ -1,0 +1,67 @@
+# Spotify streams notebook series. GNU make; needs only python3 (3.11) on the PATH.
+#   make run        run the whole series (DATA=path/to/file.csv OUT=build/run)
+#   make test       lint (ruff) + tests + notebook validation (nbval)
+# Every target that needs Python depends on `venv`, which creates .venv on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?=
+OUT    ?= build/run
+
+# --data is only passed when DATA is set; otherwise the driver picks
+# data/spotify-2023.csv if present, else the synthetic sample.
+RUN_ARGS = $(if $(DATA),--data "$(DATA)") --output "$(OUT)"
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run quick test refresh-notebooks readme bench lab clean
+
+help:
+	@echo "make venv               create/refresh .venv (pinned requirements + editable helpers)"
+	@echo "make run                run all notebooks -> $(OUT)/ (options: DATA=file.csv OUT=dir)"
+	@echo "make quick              same as run, fast smoke settings (--quick)"
+	@echo "make test               ruff check + pytest (unit tests and nbval on notebooks/)"
+	@echo "make refresh-notebooks  maintainer: re-execute notebooks/ in place on the real data file"
+	@echo "make readme             regenerate the README's results and performance tables"
+	@echo "make bench              measure speed and memory (writes reports/benchmark.json)"
+	@echo "make lab                open JupyterLab in notebooks/"
+	@echo "make clean              remove build/"
+
+venv: $(STAMP)
+
+# Re-installs only when requirements.txt or pyproject.toml changed since the last install.
+# The stamp is written last, so a failed install is retried on the next run.
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -r requirements.txt -e .
+	touch $(STAMP)
+
+run: venv
+	$(BIN)/python scripts/run_series.py $(RUN_ARGS)
+
+quick: venv
+	$(BIN)/python scripts/run_series.py $(RUN_ARGS) --quick
+
+test: venv
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest
+
+# Refuses (exit 2, with instructions) unless data/spotify-2023.csv has the real sha256.
+refresh-notebooks: venv
+	$(BIN)/python scripts/run_series.py --refresh --output "$(OUT)"
+	$(BIN)/python scripts/update_readme.py
+
+readme: venv
+	$(BIN)/python scripts/update_readme.py
+
+bench: venv
+	$(BIN)/python scripts/benchmark.py
+	$(BIN)/python scripts/update_readme.py
+
+lab: venv
+	cd notebooks && ../$(BIN)/jupyter lab
+
+clean:
+	rm -rf build

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Time the MLP training paths, the seed grid and the whole series; write reports/benchmark.json.
+
+    python scripts/benchmark.py [--output reports/benchmark.json] [--skip-series]
+
+All figures come from one run on the same data: data/spotify-2023.csv (cleaned) if present,
+else the synthetic sample. Timings are wall-clock seconds; the load average is recorded at the
+start and end so readers can judge how noisy the machine was. Peak memory is the largest RSS of
+any process of the series run (the notebook kernels included): os.wait4 on the driver returns
+its rusage including every descendant it waited for, and jupyter_client waits for its kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = ROOT / "reports" / "benchmark.json"
+GOALS = {"grid_s": 60, "series_s": 180, "peak_memory_mb": 2048}
+FIGURES = ["naive_fit_s", "fast_fit_s", "fast_fit_cold_s", "grid_s", "grid_cold_s",
+           "grid_per_fit_s", "speedup_single", "speedup_grid", "series_s", "peak_memory_mb"]
+REPEATS = 2  # timed fits after one warm-up; the median is reported
+GRID_FITS = 32 * 5
+
+
+def progress(message: str) -> None:
+    """Print one progress line at once."""
+    print(f"[bench] {message}", flush=True)
+
+
+def load_average() -> float:
+    """The 1-minute load average, rounded."""
+    return round(os.getloadavg()[0], 2)
+
+
+def load_train():
+    """The training split of the cleaned data, plus a short description of the data."""
+    import helpers
+
+    path = helpers.RAW_DATA if helpers.RAW_DATA.is_file() else helpers.SAMPLE_DATA
+    df = helpers.add_features(helpers.clean(helpers.load_raw(path)).data)
+    train, _ = helpers.split_train_test(df)
+    return train, f"{path.name} ({len(df)} cleaned rows, {len(train)} training rows)"
+
+
+def full_arrays(train):
+    """All training rows preprocessed with the 'full' feature set; standardized log target."""
+    import numpy as np
+
+    import helpers
+
+    X_df = train[helpers.feature_columns("full")]
+    X = helpers.make_preprocessor("full").fit_transform(X_df).astype(np.float32)
+    y = helpers.log_streams(train)
+    return X, ((y - y.mean()) / y.std()).astype(np.float32)
+
+
+def timed(fn) -> float:
+    """Wall-clock seconds of one call."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure_fits(train) -> dict:
+    """Seconds per 100-epoch fit: plain Keras model.fit vs train_mlp_batch with M=1."""
+    import numpy as np
+
+    import helpers
+
+    X, y = full_arrays(train)
+    progress(f"naive fit (model.fit, {X.shape[0]} rows x {X.shape[1]} features): "
+             f"1 warm-up + {REPEATS} timed")
+    naive = [timed(lambda: helpers.fit_mlp_keras(X, y, epochs=100, batch_size=32))
+             for _ in range(REPEATS + 1)][1:]
+
+    def fast():
+        helpers.train_mlp_batch(X[None], y[None], np.ones((1, len(y)), bool), epochs=100,
+                                batch_size=32, neurons=64, learning_rate=1e-3, dropout=0.2)
+
+    progress(f"fast fit (train_mlp_batch, M=1): 1 cold (XLA compile) + {REPEATS} timed")
+    cold = timed(fast)
+    warm = [timed(fast) for _ in range(REPEATS)]
+    return {"naive_fit_s": statistics.median(naive), "fast_fit_s": statistics.median(warm),
+            "fast_fit_cold_s": cold}
+
+
+def grid_child(result_path: str) -> None:
+    """In a fresh process: time the whole seed grid after the imports; write the seconds."""
+    import helpers
+
+    train, _ = load_train()
+    configs = helpers.expand_grid(helpers.SEED_GRID)
+    splits = helpers.cv_splits(train, n_repeats=1)
+    seconds = timed(lambda: helpers.cross_validate_mlp(train, "full", splits, configs))
+    Path(result_path).write_text(json.dumps({"grid_s": seconds}))
+
+
+def run_child(command: list) -> tuple[float, float]:
+    """Run a command; wall seconds and peak RSS (MB) over it and its waited-for descendants."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT)
+    _, status, usage = os.wait4(process.pid, 0)  # rusage of the child and its descendants
+    process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        raise SystemExit(f"{command[1]} failed with exit code {process.returncode}")
+    return seconds, usage.ru_maxrss / 1024  # Linux reports KB
+
+
+def measure_grid() -> dict:
+    """The seed grid (32 configs x 5 folds) in a fresh subprocess."""
+    progress(f"seed grid ({GRID_FITS} fits) in a fresh process")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "grid.json"
+        cold, _ = run_child([sys.executable, __file__, "--grid-child", str(result)])
+        grid = json.loads(result.read_text())["grid_s"]
+    return {"grid_s": grid, "grid_cold_s": cold, "grid_per_fit_s": grid / GRID_FITS}
+
+
+def measure_series() -> dict:
+    """The whole series under papermill (scripts/run_series.py) into a temporary folder."""
+    progress("whole series (scripts/run_series.py) into a temporary folder")
+    with tempfile.TemporaryDirectory() as tmp:
+        seconds, peak = run_child([sys.executable, str(ROOT / "scripts" / "run_series.py"),
+                                   "--output", tmp])
+    return {"series_s": seconds, "peak_memory_mb": peak}
+
+
+def machine() -> str:
+    """E.g. '2-core AMD EPYC, 24 GiB RAM, Python 3.11, TensorFlow 2.21'."""
+    cpu = platform.processor() or "unknown CPU"
+    ram = "? GiB RAM"
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next(ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                   if ln.startswith("model name"))
+        kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                  if ln.startswith("MemTotal"))
+        ram = f"{kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration):
+        pass
+    tf = "TensorFlow not installed"
+    for dist in ("tensorflow", "tensorflow-cpu"):
+        try:
+            tf = "TensorFlow " + ".".join(metadata.version(dist).split(".")[:2])
+            break
+        except metadata.PackageNotFoundError:
+            pass
+    python = ".".join(platform.python_version_tuple()[:2])
+    return f"{os.cpu_count()}-core {cpu}, {ram}, Python {python}, {tf}"
+
+
+def build_report(figures: dict, data: str, loads: list, machine_text: str, date: str) -> dict:
+    """The JSON document: derived speed-ups added, every number rounded to 3 decimals."""
+    figures = dict(figures)
+    if figures.get("fast_fit_s") and figures.get("naive_fit_s"):
+        figures["speedup_single"] = figures["naive_fit_s"] / figures["fast_fit_s"]
+    if figures.get("grid_per_fit_s") and figures.get("naive_fit_s"):
+        figures["speedup_grid"] = figures["naive_fit_s"] / figures["grid_per_fit_s"]
+    rounded = {k: None if figures.get(k) is None else round(figures[k], 3) for k in FIGURES}
+    return {"machine": machine_text, "date": date, "data": data,
+            "load_average": [round(x, 3) for x in loads], "figures": rounded,
+            "goals": dict(GOALS)}
+
+
+def format_table(report: dict) -> str:
+    """A compact table of the figures, with 'ok' / 'over goal' where a goal exists."""
+    lines = [f"{'figure':<16} {'value':>10}  goal", "-" * 40]
+    for key, value in report["figures"].items():
+        goal = report["goals"].get(key)
+        verdict = "" if goal is None or value is None else (
+            f"<= {goal}  {'ok' if value <= goal else 'over goal'}")
+        lines.append(f"{key:<16} {'skipped' if value is None else value:>10}  {verdict}")
+    lines.append(f"load average (start, end): {report['load_average']}")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: Path) -> None:
+    """Write the report as indented JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv=None) -> int:
+    """Run every measurement, print the table and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON file to write")
+    parser.add_argument("--skip-series", action="store_true", help="skip the slow series run")
+    parser.add_argument("--grid-child", help=argparse.SUPPRESS)  # internal: fresh-process grid
+    args = parser.parse_args(argv)
+    if args.grid_child:
+        grid_child(args.grid_child)
+        return 0
+    loads = [load_average()]
+    progress(f"load average at start: {loads[0]}")
+    train, data = load_train()
+    progress(f"data: {data}")
+    figures = measure_fits(train)
+    figures.update(measure_grid())
+    if not args.skip_series:
+        figures.update(measure_series())
+    loads.append(load_average())
+    report = build_report(figures, data, loads, machine(),
+                          datetime.date.today().isoformat())
+    print(f"\n{report['machine']}, {report['date']}\n{format_table(report)}")
+    write_report(report, args.output)
+    progress(f"written: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

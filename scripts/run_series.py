@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Run the whole notebook series (notebooks/NN_*.ipynb) and build one HTML report.
+
+    python scripts/run_series.py [--data file.csv] [--output build/run] [--quick] [--seed 42]
+                                 [--only 01,03] [--refresh]
+
+Executed copies go to <output>/notebooks/, the report to <output>/report.html; the
+notebooks in notebooks/ are never modified, except with --refresh (maintainer mode: they
+are re-executed in place, unparameterized, on the real data file).
+Exit codes: 0 success, 1 a notebook failed, 2 bad data or bad usage (nothing was run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GET_REAL_DATA = (
+    "Get the real file (Kaggle account needed):\n"
+    "  kaggle datasets download -d nelgiriyewithana/top-spotify-songs-2023 -p data --unzip\n"
+    "or in Python: kagglehub.dataset_download('nelgiriyewithana/top-spotify-songs-2023'),\n"
+    "then copy spotify-2023.csv to data/spotify-2023.csv."
+)
+
+
+class UsageError(Exception):
+    """A problem with the arguments or the data: reported as 'error: ...', exit code 2."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--data", help="CSV to use (default: data/spotify-2023.csv if present, else the sample)")
+    add("--output", default="build/run", help="output folder (default: build/run)")
+    add("--quick", action="store_true", help="fast smoke run (fewer repeats and epochs)")
+    add("--seed", type=int, default=42, help="random seed for every notebook (default: 42)")
+    add("--only", help="comma-separated notebook numbers to run, e.g. 01,03")
+    add("--refresh", action="store_true",
+        help="maintainer: re-execute notebooks/ in place, unparameterized, on the real file")
+    add("--notebooks-dir", default=str(ROOT / "notebooks"), help=argparse.SUPPRESS)  # for tests
+    return parser.parse_args(argv)
+
+
+def import_helpers():
+    """Import the project's helpers module, or explain how to install it."""
+    try:
+        import helpers
+    except ImportError as exc:
+        raise UsageError(f"cannot import helpers ({exc}); install the project first: "
+                         "make venv (or pip install -r requirements.txt -e .)") from exc
+    return helpers
+
+
+def select_notebooks(folder: Path, only: str | None) -> list[Path]:
+    """The notebooks NN_*.ipynb of a folder, sorted, optionally limited to --only numbers."""
+    notebooks = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        wanted = {part.strip().zfill(2) for part in only.split(",") if part.strip()}
+        unknown = wanted - {nb.name[:2] for nb in notebooks}
+        if unknown:
+            missing = ", ".join(sorted(unknown))
+            raise UsageError(f"--only {only}: no notebook numbered {missing} in {folder}")
+        notebooks = [nb for nb in notebooks if nb.name[:2] in wanted]
+    if not notebooks:
+        raise UsageError(f"no notebooks named NN_*.ipynb in {folder}")
+    return notebooks
+
+
+def prepare_run(helpers, args: argparse.Namespace):
+    """Resolve data and output paths and check the data up front (raises UsageError)."""
+    if args.refresh and args.data:
+        raise UsageError("--refresh always uses data/spotify-2023.csv; drop --data")
+    data = Path(args.data).resolve() if args.data else None
+    if data is not None and not data.is_file():
+        raise UsageError(f"data file not found: {data}; pass an existing CSV with --data")
+    output = None if args.refresh else Path(args.output).resolve()
+    run = helpers.resolve_run(data_path=data, output_dir=output)
+    if args.refresh:
+        real = Path(helpers.RAW_DATA)
+        actual = hashlib.sha256(real.read_bytes()).hexdigest() if real.is_file() else "absent"
+        if actual != helpers.REAL_SHA256:
+            raise UsageError(f"--refresh needs the real data file {real} with sha256 "
+                             f"{helpers.REAL_SHA256} (found: {actual}).\n{GET_REAL_DATA}")
+    try:
+        helpers.clean(helpers.load_raw(run.data_path))  # reads only; the CSV is never written
+    except helpers.DataError as exc:
+        raise UsageError(f"{exc}") from exc
+    return run
+
+
+def synthetic_banner() -> str:
+    """The warning shown when the numbers come from the synthetic sample."""
+    line = "!" * 78
+    return (f"{line}\n!! Running on the SYNTHETIC sample: every number and figure is made up.\n"
+            f"!! {GET_REAL_DATA.replace(chr(10), chr(10) + '!! ')}\n{line}")
+
+
+def execute(notebook: Path, destination: Path, failed_copy: Path, parameters: dict,
+            refresh: bool) -> None:
+    """Execute one notebook with papermill into a temp file; os.replace it onto destination on
+    success, onto failed_copy on failure (then re-raise). destination is untouched on failure.
+    With refresh, papermill's run metadata (timestamps, durations) is dropped before the
+    replace, so re-executing a committed notebook only changes its outputs."""
+    import nbformat
+    import papermill
+
+    temp = destination.with_name(f".{destination.stem}.running.ipynb")
+    try:
+        papermill.execute_notebook(str(notebook), str(temp), parameters=parameters,
+                                   kernel_name="python3", language="python",
+                                   cwd=str(notebook.parent),
+                                   progress_bar=sys.stderr.isatty())
+    except BaseException:
+        if temp.exists():
+            os.replace(temp, failed_copy)
+        raise
+    if refresh:
+        nb = nbformat.read(temp, as_version=4)
+        for holder in [nb, *nb.cells]:
+            holder.metadata.pop("papermill", None)
+            holder.metadata.pop("execution", None)
+        nbformat.write(nb, temp)
+    os.replace(temp, destination)
+    failed_copy.unlink(missing_ok=True)
+
+
+def describe_failure(name: str, exc: Exception, failed_copy: Path) -> str:
+    """Which notebook and cell failed, and with what, for the console."""
+    if hasattr(exc, "cell_index"):
+        first_line = next((ln for ln in (exc.source or "").splitlines() if ln.strip()), "")
+        where = f"cell {exc.cell_index} (In [{exc.exec_count}]): {first_line}"
+        what = f"{exc.ename}: {exc.evalue}"
+    else:
+        where, what = "before or outside a cell", f"{type(exc).__name__}: {exc}"
+    copy = f"executed copy: {failed_copy}" if failed_copy.exists() else "no executed copy"
+    return f"FAILED {name}\n  at {where}\n  {what}\n  {copy}"
+
+
+def build_report(executed: list[Path], destination: Path) -> None:
+    """Concatenate the executed notebooks into one notebook and render it as one HTML file
+    (figures stay inline as base64 images)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    notebooks = [nbformat.read(path, as_version=4) for path in executed]
+    combined = nbformat.v4.new_notebook(metadata=notebooks[0].metadata)
+    contents = "\n".join(f"- [{path.stem}](#{path.stem})" for path in executed)
+    combined.cells.append(nbformat.v4.new_markdown_cell(f"# Notebook series report\n\n{contents}"))
+    for path, nb in zip(executed, notebooks, strict=True):
+        anchor = f'<a id="{path.stem}"></a>\n\n---\n*{path.name}*'
+        combined.cells.append(nbformat.v4.new_markdown_cell(anchor))
+        for number, cell in enumerate(nb.cells):
+            cell["id"] = f"{path.stem[:50]}-{number}"
+            combined.cells.append(cell)
+    body, _ = HTMLExporter().from_notebook_node(combined)
+    destination.write_text(body, encoding="utf-8")
+
+
+def print_summary(run, report: Path, out_notebooks: Path, synthetic: bool) -> None:
+    """One screen: where things are and the headline metrics of 06_results, if any."""
+    metrics_dir = Path(run.metrics_dir)
+    print(f"\nreport:    {report}\nnotebooks: {out_notebooks}\nmetrics:   {metrics_dir}")
+    results = metrics_dir / "06_results.json"
+    headline = json.loads(results.read_text()).get("headline") if results.is_file() else None
+    if not headline:
+        print("no headline metrics (06 not run)")
+    else:
+        columns = [("model", 24, "<", ""), ("feature_set", 16, "<", ""), ("r2", 7, ">", ".3f"),
+                   ("mae", 8, ">", ".3f"), ("median_factor", 14, ">", ".2f")]
+        print("\n" + " ".join(f"{key:{align}{width}}" for key, width, align, _ in columns))
+        for row in headline:
+            cells = []
+            for key, width, align, number in columns:
+                value = row.get(key, "")
+                text = format(value, number) if isinstance(value, int | float) else str(value)
+                cells.append(f"{text:{align}{width}}")
+            print(" ".join(cells))
+    if synthetic:
+        print("\n" + synthetic_banner())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Validate the data, run the notebooks in order, build the report, print a summary."""
+    args = parse_args(argv)
+    try:
+        helpers = import_helpers()
+        notebooks = select_notebooks(Path(args.notebooks_dir), args.only)
+        run = prepare_run(helpers, args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    synthetic = bool(getattr(run, "is_synthetic", False))
+    if synthetic:
+        print(synthetic_banner())
+    out_dir = Path(args.output).resolve()
+    out_notebooks = out_dir / "notebooks"
+    out_notebooks.mkdir(parents=True, exist_ok=True)
+    # Kernels inherit these; same settings as conftest.py (see there why): no TensorFlow
+    # C++ start-up messages in cell outputs, CPU-independent TF numerics, stable set order.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    parameters = {} if args.refresh else {"DATA_PATH": str(run.data_path),
+                                          "OUTPUT_DIR": str(out_dir),
+                                          "SEED": args.seed, "QUICK": args.quick}
+    executed = []
+    for number, notebook in enumerate(notebooks, start=1):
+        print(f"[{number}/{len(notebooks)}] {notebook.stem} ...", flush=True)
+        started = time.monotonic()
+        destination = notebook if args.refresh else out_notebooks / notebook.name
+        failed_copy = out_notebooks / f"{notebook.stem}.failed.ipynb"
+        try:
+            execute(notebook, destination, failed_copy, parameters, refresh=args.refresh)
+        except Exception as exc:
+            print(describe_failure(notebook.stem, exc, failed_copy), file=sys.stderr)
+            return 1
+        seconds = time.monotonic() - started
+        print(f"[{number}/{len(notebooks)}] {notebook.stem} done in {seconds:.1f} s", flush=True)
+        executed.append(destination)
+    report = out_dir / "report.html"
+    build_report(executed, report)
+    print_summary(run, report, notebooks[0].parent if args.refresh else out_notebooks, synthetic)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Unit tests for the data layer of helpers.py: every quirk of the file and every bad input."""
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import helpers
+from helpers import DataError, clean, load_raw
+
+HEADER = ",".join(f'"{c}"' if "," in c else c for c in helpers.REQUIRED_COLUMNS)
+
+
+def row(name="Song", artist="Artist", streams="123456789", year="2022", key="A",
+        shazam="3", deezer="12", mode="Major", playlists="100"):
+    """One CSV line in the original column order."""
+    values = [name, artist, "1", year, "5", "20", playlists, "4", streams, "30", "2", deezer, "1",
+              shazam, "120", key, mode, "50", "50", "50", "10", "0", "10", "5"]
+    return ",".join(f'"{v}"' if "," in v else v for v in values)
+
+
+def write(tmp_path, lines, name="data.csv", encoding="utf-8", newline="\n", bom=False):
+    """Write CSV lines to a file and return its path."""
+    path = tmp_path / name
+    data = newline.join(lines).encode(encoding)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + data + newline.encode())
+    return path
+
+
+def good_lines(n=5):
+    return [HEADER] + [row(name=f"Song {i}", streams=str(10_000_000 * (i + 1))) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def sample_clean():
+    return clean(load_raw(helpers.SAMPLE_DATA))
+
+
+# --- reading: real-world variants of the file --------------------------------------------------
+
+def test_original_style_bytes_read_without_error(tmp_path):
+    path = tmp_path / "orig.csv"
+    body = "\r\n".join(good_lines()).encode()
+    body = body.replace(b"Song 0", b"Beyonc\xef\xbf").replace(b"Song 1", b"Caf\xef\xbf\xbd")
+    path.write_bytes(body + b"\r\n")
+    frame = load_raw(path)
+    assert len(frame) == 5
+    assert frame.loc[0, "track_name"] == "Beyonc\ufffd"
+    assert frame.loc[1, "track_name"] == "Caf\ufffd"
+
+
+@pytest.mark.parametrize("variant", ["bom", "lf", "crlf", "cp1252", "reordered", "trailing"])
+def test_variants_give_the_same_frame(tmp_path, variant):
+    lines = good_lines()
+    lines[1] = lines[1].replace("Song 0", "Canción")
+    reference = load_raw(write(tmp_path, lines, "ref.csv"))
+    if variant == "bom":
+        path = write(tmp_path, lines, bom=True)
+    elif variant == "lf":
+        path = write(tmp_path, lines, newline="\n")
+    elif variant == "crlf":
+        path = write(tmp_path, lines, newline="\r\n")
+    elif variant == "cp1252":
+        path = write(tmp_path, lines, encoding="cp1252")
+    elif variant == "reordered":
+        frame = pd.read_csv(write(tmp_path, lines, "tmp.csv"), dtype=str)
+        path = tmp_path / "data.csv"
+        frame[frame.columns[::-1]].to_csv(path, index=False)
+    else:
+        path = write(tmp_path, [line + ",," for line in lines])
+    pd.testing.assert_frame_equal(load_raw(path), reference)
+
+
+def test_thousands_separators_with_and_without(tmp_path):
+    path = write(tmp_path, [HEADER, row(deezer="1,021", shazam="2,000"), row(name="B", deezer="7")])
+    data = clean(load_raw(path)).data
+    assert data["in_deezer_playlists"].tolist() == [1021, 7]
+    assert data.loc[0, "in_shazam_charts"] == 2000
+
+
+def test_load_raw_never_modifies_the_file(tmp_path):
+    path = write(tmp_path, good_lines(), newline="\r\n")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    clean(load_raw(path))
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+# --- bad inputs ----------------------------------------------------------------------------------
+
+def test_missing_file_says_how_to_download(tmp_path):
+    with pytest.raises(DataError, match="not found.*kaggle"):
+        load_raw(tmp_path / "spotify-2023.csv")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"   \r\n", "empty"),
+    ((HEADER + "\n").encode(), "no data rows"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00binary", "not a CSV"),
+    (b"a,b,c\n1,2,3\n", "does not look like"),
+])
+def test_unusable_files_raise_data_error(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_raw(path)
+
+
+def test_missing_columns_are_named(tmp_path):
+    frame = pd.read_csv(write(tmp_path, good_lines(), "ok.csv"), dtype=str)
+    path = tmp_path / "bad.csv"
+    frame.drop(columns=["bpm", "mode"]).to_csv(path, index=False)
+    with pytest.raises(DataError, match="bpm, mode"):
+        load_raw(path)
+
+
+def test_non_numeric_column_is_named_with_an_example(tmp_path):
+    lines = good_lines()
+    lines[2] = row(name="X", playlists="lots")
+    with pytest.raises(DataError, match=r"'in_spotify_playlists'.*'lots'"):
+        clean(load_raw(write(tmp_path, lines)))
+
+
+def test_target_without_usable_rows(tmp_path):
+    lines = [HEADER] + [row(name=f"S{i}", streams="") for i in range(3)]
+    with pytest.raises(DataError, match="usable 'streams'"):
+        clean(load_raw(write(tmp_path, lines)))
+
+
+def test_target_that_is_mostly_text(tmp_path):
+    lines = [HEADER] + [row(name=f"S{i}", streams="n/a") for i in range(3)]
+    with pytest.raises(DataError, match="'streams' holds 3 value.*must hold stream counts"):
+        clean(load_raw(write(tmp_path, lines)))
+
+
+def test_data_error_is_a_value_error():
+    assert issubclass(DataError, ValueError)
+
+
+# --- cleaning: each quirk -----------------------------------------------------------------------
+
+def test_corrupted_streams_row_is_dropped_and_counted(tmp_path):
+    lines = good_lines() + [row(name="Bad", streams="BPM110KeyAModeMajor")]
+    result = clean(load_raw(write(tmp_path, lines)))
+    steps = result.steps_table().set_index("step")
+    assert steps.loc["corrupted streams value", "rows"] == 1
+    assert "Bad" not in result.data["track_name"].tolist()
+    assert result.data["streams"].dtype == np.int64
+
+
+def test_missing_key_becomes_c_only_when_c_never_appears(tmp_path):
+    lines = good_lines() + [row(name="NoKey", key="")]
+    data = clean(load_raw(write(tmp_path, lines))).data
+    assert data.set_index("track_name").loc["NoKey", "key"] == "C"
+    lines.append(row(name="HasC", key="C"))
+    data = clean(load_raw(write(tmp_path, lines))).data
+    assert data.set_index("track_name").loc["NoKey", "key"] == "unknown"
+
+
+def test_missing_shazam_stays_missing(tmp_path):
+    lines = good_lines() + [row(name="NoShazam", shazam="")]
+    result = clean(load_raw(write(tmp_path, lines)))
+    assert result.data["in_shazam_charts"].isna().sum() == 1
+    assert result.steps_table().set_index("step").loc["missing in_shazam_charts", "rows"] == 1
+
+
+def test_duplicates_keep_the_row_with_more_streams(tmp_path):
+    lines = good_lines() + [row(name="Twin", streams="500000000", playlists="10"),
+                            row(name="twin ", streams="700000000", playlists="5")]
+    result = clean(load_raw(write(tmp_path, lines)))
+    twins = result.data[result.data["track_name"].str.casefold() == "twin"]
+    assert twins["streams"].tolist() == [700_000_000]
+    assert result.steps_table().set_index("step").loc["duplicate track/artist pairs", "rows"] == 1
+
+
+def test_implausible_streams_and_year_are_dropped(tmp_path):
+    lines = good_lines() + [row(name="Tiny", streams="2762"), row(name="Old", year="1930"),
+                            row(name="Classic", year="1942")]
+    names = clean(load_raw(write(tmp_path, lines))).data["track_name"].tolist()
+    assert "Tiny" not in names and "Old" not in names and "Classic" in names
+
+
+def test_types_and_release_date(tmp_path):
+    data = clean(load_raw(write(tmp_path, good_lines()))).data
+    assert isinstance(data["key"].dtype, pd.CategoricalDtype)
+    assert list(data["mode"].cat.categories) == ["Major", "Minor"]
+    assert data.loc[0, "release_date"] == pd.Timestamp("2022-05-20")
+    assert data["days_since_release"].min() == 0
+
+
+def test_encoding_damage_runs_collapse_to_one_marker(tmp_path):
+    path = tmp_path / "d.csv"
+    body = "\n".join(good_lines()).encode().replace(b"Song 0", b"L\xef\xbf\xbd\xef\xbf\xbd\xef\xbf")
+    path.write_bytes(body)
+    result = clean(load_raw(path))
+    assert result.data.loc[0, "track_name"] == "L\ufffd"
+    assert result.steps_table().set_index("step").loc["encoding damage in names", "rows"] == 1
+
+
+def test_clean_does_not_change_its_input(tmp_path):
+    raw = load_raw(write(tmp_path, good_lines()))
+    copy = raw.copy()
+    clean(raw)
+    pd.testing.assert_frame_equal(raw, copy)
+
+
+def test_save_and_load_clean_round_trip(tmp_path, sample_clean):
+    path = helpers.save_clean(sample_clean, tmp_path / "processed" / "clean.csv")
+    back = helpers.load_clean(path)
+    pd.testing.assert_frame_equal(back, sample_clean.data, check_dtype=False)
+    assert back["key"].dtype == sample_clean.data["key"].dtype
+
+
+def test_load_clean_names_the_notebook_to_run(tmp_path):
+    with pytest.raises(DataError, match="02_cleaning"):
+        helpers.load_clean(tmp_path / "nothing.csv")
+
+
+# --- the synthetic sample ------------------------------------------------------------------------
+
+def test_committed_sample_is_what_the_generator_makes():
+    assert helpers.SAMPLE_DATA.read_bytes() == helpers.make_synthetic_sample()
+
+
+def test_sample_has_every_quirk_of_the_real_file(sample_clean):
+    raw_bytes = helpers.SAMPLE_DATA.read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        raw_bytes.decode("utf-8")
+    assert b"\r\n" in raw_bytes
+    steps = sample_clean.steps_table().set_index("step")["rows"]
+    for step in ["encoding damage in names", "thousands separators", "corrupted streams value",
+                 "missing key", "missing in_shazam_charts", "streams below 100,000",
+                 "release year before 1940"]:
+        assert steps[step] >= 1, step
+    assert steps["duplicate track/artist pairs"] == 4
+
+
+# --- paths ---------------------------------------------------------------------------------------
+
+def test_resolve_run_defaults(tmp_path, monkeypatch):
+    monkeypatch.setattr(helpers, "RAW_DATA", tmp_path / "absent.csv")
+    run = helpers.resolve_run()
+    assert run.is_synthetic and not run.is_real
+    assert run.metrics_dir == helpers.BUILD_DIR / "synthetic" / "metrics"
+    assert "SYNTHETIC" in helpers.data_banner(run)
+
+
+def test_resolve_run_with_output_dir_keeps_everything_there(tmp_path):
+    run = helpers.resolve_run(helpers.SAMPLE_DATA, tmp_path / "out")
+    assert run.metrics_dir == tmp_path / "out" / "metrics"
+    assert run.processed_path.is_relative_to(tmp_path / "out")
+    assert run.models_dir.is_relative_to(tmp_path / "out")
+
+
+def test_other_csv_gets_its_own_folder_and_a_note(tmp_path):
+    path = write(tmp_path, good_lines(), "mine.csv")
+    run = helpers.resolve_run(path)
+    assert run.output_dir == helpers.BUILD_DIR / "mine"
+    assert "not the original" in helpers.data_banner(run)

@@ -1,0 +1,253 @@
+"""Tests of scripts/run_series.py on tiny throwaway notebooks (not the real series).
+
+Most tests replace the helpers module by a stub, so they test the driver alone; one test
+(test_bad_csv_with_real_helpers) runs the real command line with the real helpers.
+Each executed notebook starts a real Jupyter kernel (about a second each).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "run_series.py"
+PARAMETERS = "DATA_PATH = None\nOUTPUT_DIR = None\nSEED = 42\nQUICK = False"
+
+
+@pytest.fixture(scope="module")
+def run_series():
+    """The driver script imported as a module."""
+    spec = importlib.util.spec_from_file_location("run_series", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_notebook(folder: Path, name: str, *sources: str) -> Path:
+    """A notebook with the series' parameters cell followed by the given code cells."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells.append(nbformat.v4.new_markdown_cell(f"# {name}"))
+    nb.cells.append(nbformat.v4.new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}))
+    nb.cells += [nbformat.v4.new_code_cell(source) for source in sources]
+    path = folder / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def stub_helpers(monkeypatch, tmp_path, *, synthetic=False, data_error=None, real_file=None):
+    """Install a fake helpers module exposing what the driver uses."""
+    stub = types.ModuleType("helpers")
+
+    class DataError(ValueError):
+        pass
+
+    def resolve_run(data_path=None, output_dir=None):
+        out = Path(output_dir) if output_dir is not None else tmp_path / "default-out"
+        data = Path(data_path) if data_path is not None else tmp_path / "default.csv"
+        return types.SimpleNamespace(data_path=data, metrics_dir=out / "metrics",
+                                     is_synthetic=synthetic)
+
+    def load_raw(path):
+        if data_error:
+            raise DataError(data_error)
+        return str(path)
+
+    stub.DataError = DataError
+    stub.resolve_run = resolve_run
+    stub.load_raw = load_raw
+    stub.clean = lambda raw: raw
+    stub.RAW_DATA = real_file if real_file is not None else tmp_path / "absent.csv"
+    stub.REAL_SHA256 = "0" * 64
+    if real_file is not None and real_file.exists():
+        stub.REAL_SHA256 = hashlib.sha256(real_file.read_bytes()).hexdigest()
+    monkeypatch.setitem(sys.modules, "helpers", stub)
+    return stub
+
+
+@pytest.fixture
+def csv_file(tmp_path):
+    path = tmp_path / "songs.csv"
+    path.write_bytes(b"track_name,streams\r\nA,1\r\n")
+    return path
+
+
+def test_success_writes_notebooks_report_and_summary(run_series, tmp_path, csv_file,
+                                                     monkeypatch, capsys):
+    stub_helpers(monkeypatch, tmp_path)
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    write_notebook(folder, "01_first", "print('seed is', SEED, 'quick is', QUICK)")
+    write_notebook(folder, "06_results", (
+        "import json, pathlib\n"
+        "metrics = pathlib.Path(OUTPUT_DIR) / 'metrics'\n"
+        "metrics.mkdir(parents=True, exist_ok=True)\n"
+        "row = dict(model='ridge', feature_set='platform', r2=0.51, mae=0.3, median_factor=2.0)\n"
+        "(metrics / '06_results.json').write_text(json.dumps({'headline': [row]}))"))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    csv_before = csv_file.read_bytes()
+    out = tmp_path / "out"
+
+    code = run_series.main(["--notebooks-dir", str(folder), "--data", str(csv_file),
+                            "--output", str(out), "--seed", "7", "--quick"])
+
+    printed = capsys.readouterr().out
+    assert code == 0
+    executed = nbformat.read(out / "notebooks" / "01_first.ipynb", as_version=4)
+    text = json.dumps(executed.cells[-1].outputs)
+    assert "seed is 7 quick is True" in text
+    html = (out / "report.html").read_text()
+    assert "01_first" in html and "06_results" in html and "seed is 7 quick is True" in html
+    assert "[1/2] 01_first" in printed and "[2/2] 06_results" in printed
+    assert "ridge" in printed and "0.510" in printed
+    assert str(out / "report.html") in printed
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # inputs untouched
+    assert csv_file.read_bytes() == csv_before
+    assert sorted(p.name for p in (out / "notebooks").iterdir()) == [
+        "01_first.ipynb", "06_results.ipynb"]  # no temp or .failed leftovers
+
+
+def test_failing_notebook_exits_1_and_keeps_previous_output(run_series, tmp_path, csv_file,
+                                                            monkeypatch, capsys):
+    stub_helpers(monkeypatch, tmp_path)
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    write_notebook(folder, "01_ok", "x = 1")
+    write_notebook(folder, "02_boom", "y = 2", "# fit the model\nraise ValueError('boom 42')")
+    write_notebook(folder, "03_later", "z = 3")
+    out = tmp_path / "out"
+    (out / "notebooks").mkdir(parents=True)
+    previous = out / "notebooks" / "02_boom.ipynb"
+    previous.write_text("output of an earlier successful run")
+
+    code = run_series.main(["--notebooks-dir", str(folder), "--data", str(csv_file),
+                            "--output", str(out)])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "FAILED 02_boom" in err
+    assert "ValueError: boom 42" in err
+    assert "# fit the model" in err and "cell " in err
+    assert (out / "notebooks" / "02_boom.failed.ipynb").is_file()
+    assert previous.read_text() == "output of an earlier successful run"
+    assert (out / "notebooks" / "01_ok.ipynb").is_file()
+    assert not (out / "notebooks" / "03_later.ipynb").exists()
+    assert not (out / "report.html").exists()
+    assert not list((out / "notebooks").glob(".*"))
+
+
+def test_data_error_exits_2_before_running_anything(run_series, tmp_path, csv_file,
+                                                    monkeypatch, capsys):
+    stub_helpers(monkeypatch, tmp_path, data_error="songs.csv has a header but no data rows.")
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    write_notebook(folder, "01_marker", "open('ran.txt', 'w').write('ran')")
+    out = tmp_path / "out"
+
+    code = run_series.main(["--notebooks-dir", str(folder), "--data", str(csv_file),
+                            "--output", str(out)])
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "error: songs.csv has a header but no data rows." in captured.err
+    assert not (folder / "ran.txt").exists() and not out.exists()
+
+
+def test_missing_data_file_and_unknown_notebook_exit_2(run_series, tmp_path, monkeypatch, capsys):
+    stub_helpers(monkeypatch, tmp_path)
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    write_notebook(folder, "01_only", "pass")
+    missing = tmp_path / "no.csv"
+    assert run_series.main(["--notebooks-dir", str(folder), "--data", str(missing)]) == 2
+    assert "data file not found" in capsys.readouterr().err
+    assert run_series.main(["--notebooks-dir", str(folder), "--only", "09"]) == 2
+    assert "no notebook numbered 09" in capsys.readouterr().err
+
+
+def test_only_runs_the_subset_and_shows_synthetic_banner(run_series, tmp_path, csv_file,
+                                                         monkeypatch, capsys):
+    stub_helpers(monkeypatch, tmp_path, synthetic=True)
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    write_notebook(folder, "01_skipped", "pass")
+    write_notebook(folder, "02_run", "pass")
+    out = tmp_path / "out"
+
+    code = run_series.main(["--notebooks-dir", str(folder), "--only", "2", "--output", str(out)])
+
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert [p.name for p in (out / "notebooks").iterdir()] == ["02_run.ipynb"]
+    assert printed.count("SYNTHETIC") == 2  # before the run and in the summary
+    assert "kaggle datasets download" in printed
+    assert "no headline metrics (06 not run)" in printed
+
+
+def test_refresh_needs_the_real_file(run_series, tmp_path, monkeypatch, capsys):
+    stub_helpers(monkeypatch, tmp_path)  # RAW_DATA absent
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    notebook = write_notebook(folder, "01_committed", "print('fresh')")
+    before = notebook.read_bytes()
+    assert run_series.main(["--notebooks-dir", str(folder), "--refresh",
+                            "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--refresh needs the real data file" in err and "kaggle" in err
+    assert notebook.read_bytes() == before
+
+
+def test_refresh_executes_in_place_without_parameters(run_series, tmp_path, monkeypatch, capsys):
+    real = tmp_path / "spotify-2023.csv"
+    real.write_text("pretend this is the real file\n")
+    stub_helpers(monkeypatch, tmp_path, real_file=real)
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    notebook = write_notebook(folder, "01_committed", "print('data is', DATA_PATH)")
+
+    code = run_series.main(["--notebooks-dir", str(folder), "--refresh",
+                            "--output", str(tmp_path / "out")])
+
+    assert code == 0, capsys.readouterr().err
+    nb = nbformat.read(notebook, as_version=4)
+    assert len(nb.cells) == 3  # no injected-parameters cell
+    assert "data is None" in json.dumps(nb.cells[-1].outputs)
+    assert "papermill" not in nb.metadata and "papermill" not in nb.cells[-1].metadata
+    assert sorted(p.name for p in folder.iterdir()) == ["01_committed.ipynb"]
+
+
+def test_bad_csv_with_real_helpers(tmp_path):
+    """The real command line and the real helpers: a header-only CSV is refused (exit 2),
+    before any notebook runs, and the file is left byte-identical."""
+    sample = ROOT / "data" / "sample" / "spotify-2023-synthetic.csv"
+    if not (ROOT / "helpers.py").is_file() or not sample.is_file():
+        pytest.skip("helpers.py or the synthetic sample is not there yet")
+    header_only = tmp_path / "header-only.csv"
+    header_only.write_bytes(sample.read_bytes().splitlines(keepends=True)[0])
+    before = header_only.read_bytes()
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    write_notebook(folder, "01_marker", "open('ran.txt', 'w').write('ran')")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--notebooks-dir", str(folder),
+         "--data", str(header_only), "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and "no data rows" in result.stderr
+    assert header_only.read_bytes() == before
+    assert not (folder / "ran.txt").exists() and not (tmp_path / "out").exists()

@@ -1,0 +1,68 @@
+"""The whole series on the synthetic sample (quick mode), run twice: it works end to end, shows
+the synthetic banner everywhere, and two runs give byte-identical metrics files."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import helpers
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_series(out: Path) -> subprocess.CompletedProcess:
+    """The main job's driver, quick mode, on the synthetic sample, into `out`."""
+    command = [sys.executable, "scripts/run_series.py", "--data", str(helpers.SAMPLE_DATA),
+               "--output", str(out), "--quick"]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def committed_notebooks() -> dict:
+    """The bytes of every notebook in notebooks/."""
+    return {p.name: p.read_bytes() for p in (ROOT / "notebooks").glob("*.ipynb")}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    sample_before, notebooks_before = helpers.SAMPLE_DATA.read_bytes(), committed_notebooks()
+    runs = [(out, run_series(out)) for out in (tmp_path_factory.mktemp("run_a"),
+                                               tmp_path_factory.mktemp("run_b"))]
+    assert helpers.SAMPLE_DATA.read_bytes() == sample_before, "the input CSV was modified"
+    assert committed_notebooks() == notebooks_before, "the main job modified notebooks/"
+    return runs
+
+
+def test_series_runs_end_to_end(two_runs):
+    out, proc = two_runs[0]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in NOTEBOOKS:
+        assert (out / "notebooks" / f"{name}.ipynb").is_file(), name
+    assert (out / "report.html").stat().st_size > 100_000  # figures are inlined
+    for name in ["03_baseline", "04_mlp", "05_grid", "06_results"]:
+        assert (out / "metrics" / f"{name}.json").is_file(), name
+    headline = json.loads((out / "metrics" / "06_results.json").read_text())["headline"]
+    assert {row["feature_set"] for row in headline} == {"audio", "pre-release", "full"}
+    assert (out / "models" / "final" / "mlp.keras").is_file()
+    assert "SYNTHETIC" in proc.stdout
+
+
+def test_every_notebook_shows_the_synthetic_banner(two_runs):
+    out, _ = two_runs[0]
+    for name in NOTEBOOKS:
+        nb = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
+        text = json.dumps([c.get("outputs", []) for c in nb.cells])
+        assert "SYNTHETIC SAMPLE" in text, f"{name} does not show the synthetic banner"
+
+
+def test_two_runs_give_identical_metrics(two_runs):
+    (a, proc_a), (b, proc_b) = two_runs
+    assert proc_a.returncode == proc_b.returncode == 0
+    files = sorted(p.name for p in (a / "metrics").glob("*.json"))
+    assert files == sorted(p.name for p in (b / "metrics").glob("*.json")) and files
+    for name in files:
+        assert (a / "metrics" / name).read_bytes() == (b / "metrics" / name).read_bytes(), name
