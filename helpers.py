@@ -35,7 +35,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent
 DATA_DIR = ROOT / "data"
 RAW_DATA = DATA_DIR / "spotify-2023.csv"
-SAMPLE_DATA = DATA_DIR / "sample" / "spotify-2023-synthetic.csv"
+SAMPLE_DATA = DATA_DIR / "sample" / "synthetic-songs.csv"
 REPORTS_DIR = ROOT / "reports"
 BUILD_DIR = ROOT / "build"
 REAL_SHA256 = "26fd1292465877c24a9f5bfc6bf933c0715356a9c7d3197f2c4bc8b1a668a215"

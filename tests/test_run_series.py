@@ -230,9 +230,9 @@ def test_refresh_executes_in_place_without_parameters(run_series, tmp_path, monk
 def test_bad_csv_with_real_helpers(tmp_path):
     """The real command line and the real helpers: a header-only CSV is refused (exit 2),
     before any notebook runs, and the file is left byte-identical."""
-    sample = ROOT / "data" / "sample" / "spotify-2023-synthetic.csv"
-    if not (ROOT / "helpers.py").is_file() or not sample.is_file():
-        pytest.skip("helpers.py or the synthetic sample is not there yet")
+    import helpers
+
+    sample = helpers.SAMPLE_DATA
     header_only = tmp_path / "header-only.csv"
     header_only.write_bytes(sample.read_bytes().splitlines(keepends=True)[0])
     before = header_only.read_bytes()
