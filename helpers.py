@@ -444,7 +444,7 @@ WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 def add_features(clean_df: pd.DataFrame) -> pd.DataFrame:
     """Add the derived model inputs (release weekday) to a cleaned frame."""
     df = clean_df.copy()
-    weekday = df["release_date"].dt.dayofweek.map(dict(enumerate(WEEKDAYS)))
+    weekday = df["release_date"].dt.day_of_week.map(dict(enumerate(WEEKDAYS)))
     df["release_weekday"] = pd.Categorical(weekday, categories=WEEKDAYS)
     return df
 
@@ -1070,12 +1070,11 @@ def use_plot_style() -> None:
     mpl.rcParams.update({"figure.figsize": (9, 4), "figure.dpi": 80, "savefig.dpi": 80})
 
 
-def save_figure(fig, run: Run, name: str) -> Path:
-    """Save a figure as PNG next to the run's metrics (the README shows the committed ones)."""
+def save_figure(fig, run: Run, name: str) -> None:
+    """Save a figure as PNG in the run's figures folder (the README shows the committed ones)."""
     path = run.figures_dir / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, metadata={"Software": None})  # no version stamp: same bytes every run
-    return path
 
 
 def plot_target_distribution(streams: pd.Series):
@@ -1244,16 +1243,18 @@ def plot_residuals(y_true, predictions: dict):
     return fig
 
 
-def plot_importance(importances: dict):
+def plot_importance(importances: dict, ncols=3):
     """Permutation importance bars (drop in R²), one panel per model/feature-set label."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(importances), figsize=(4.2 * len(importances), 4.5),
-                             squeeze=False)
+    nrows = -(-len(importances) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
     for ax, (label, imp) in zip(axes.flat, importances.items()):
-        imp = imp.head(10).iloc[::-1]
+        imp = imp.head(8).iloc[::-1]
         ax.barh(imp["feature"], imp["r2_drop"], xerr=imp["r2_drop_std"], capsize=2)
         ax.set(title=label, xlabel="drop in test R² when shuffled")
         ax.tick_params(axis="y", labelsize=8)
+    for ax in axes.flat[len(importances):]:
+        ax.set_visible(False)
     fig.tight_layout()
     return fig

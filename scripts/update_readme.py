@@ -36,15 +36,22 @@ def results_block(results: dict) -> str:
         cells.append(f"× {test[m, 'full']['median_factor']:.2f}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     tuned = ", ".join(f"{k} {v}" for k, v in results["tuned"].items())
+    mlp, lin, hgb = (cv[m, "full"]["r2_mean"] for m in ("tuned MLP", "linear", "hgb"))
     lines += ["", f"R² on log10(streams); CV on {results['n_train']} training songs "
               f"(grouped 5-fold × 3 repeats), test on {results['n_test']} held-out songs. "
-              f"Tuned MLP: {tuned}. Typical error: 10^(median |log10 error|)."]
+              f"Tuned MLP: {tuned}. Typical error: 10^(median |log10 error|).",
+              "",
+              "Quality bar (full set, CV R²): the tuned MLP "
+              f"{'beats' if mlp > lin else 'does not beat'} linear regression "
+              f"({mlp:.3f} vs {lin:.3f}) and "
+              f"{'matches or beats' if mlp >= hgb else 'falls short of'} gradient boosting "
+              f"({hgb:.3f})."]
     return "\n".join(lines)
 
 
 def performance_block(bench: dict) -> str:
     """Markdown list of the benchmark figures."""
-    f = bench["figures"]
+    f = {k: (float("nan") if v is None else v) for k, v in bench["figures"].items()}
     return "\n".join([
         f"Measured by `make bench` on {bench['machine']} ({bench['date']}):",
         "",
