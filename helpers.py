@@ -237,6 +237,12 @@ def pair_key(frame: pd.DataFrame) -> pd.Series:
     return parts[0] + "|" + parts[1]
 
 
+def release_dates(df: pd.DataFrame) -> pd.Series:
+    """Release dates from the numeric year/month/day columns (NaT where impossible)."""
+    parts = {"year": df["released_year"], "month": df["released_month"], "day": df["released_day"]}
+    return pd.to_datetime(pd.DataFrame(parts), errors="coerce")
+
+
 def clean(raw: pd.DataFrame) -> CleanResult:
     """Clean a raw frame from load_raw; every step is recorded with its row count."""
     df = raw.copy()
@@ -307,8 +313,7 @@ def clean(raw: pd.DataFrame) -> CleanResult:
          "dropped: placeholder date")
 
     # 6. Types and dates.
-    parts = {"year": df["released_year"], "month": df["released_month"], "day": df["released_day"]}
-    dates = pd.to_datetime(pd.DataFrame(parts), errors="coerce")
+    dates = release_dates(df)
     if dates.isna().any():
         drop(dates.isna(), "impossible release dates", "dropped")
     df = df.copy()
@@ -1016,10 +1021,14 @@ def predict_streams(frame: pd.DataFrame, model_dir=None) -> pd.Series:
     import joblib
     import keras
 
-    folder = Path(model_dir) if model_dir is not None else resolve_run().models_dir / "final"
-    if not (folder / "mlp.keras").is_file():
-        raise DataError(f"No saved model in {folder}. Run notebook 06_results first "
-                        "(or `make run`), or pass model_dir=.")
+    if model_dir is not None:
+        candidates = [Path(model_dir)]
+    else:  # the notebooks' default output, then the main job's (`make run`)
+        candidates = [resolve_run().models_dir / "final", BUILD_DIR / "run" / "models" / "final"]
+    folder = next((c for c in candidates if (c / "mlp.keras").is_file()), None)
+    if folder is None:
+        raise DataError(f"No saved model in {' or '.join(map(str, candidates))}. Run notebook "
+                        "06_results first (or the series with `make run`), or pass model_dir=.")
     if not isinstance(frame, pd.DataFrame) or frame.empty:
         raise DataError("predict_streams needs a non-empty DataFrame with the CSV's columns.")
     saved = joblib.load(folder / "preprocessing.joblib")
@@ -1048,8 +1057,7 @@ def prepare_rows(frame: pd.DataFrame, reference_date, feature_set: str) -> pd.Da
         df[col] = parsed
     df["key"] = pd.Categorical(df["key"].fillna("C"), categories=[*KEYS, "unknown"])
     df["mode"] = pd.Categorical(df["mode"], categories=MODES)
-    parts = {"year": df["released_year"], "month": df["released_month"], "day": df["released_day"]}
-    df["release_date"] = pd.to_datetime(pd.DataFrame(parts), errors="coerce")
+    df["release_date"] = release_dates(df)
     if df["release_date"].isna().any():
         raise DataError("Some rows have an impossible release date (year/month/day).")
     df["days_since_release"] = (pd.Timestamp(reference_date) - df["release_date"]).dt.days.clip(0)
