@@ -94,8 +94,8 @@ def data_banner(run: Run) -> str:
     """A one-line (or empty) warning to show at the top of a notebook about the data used."""
     if run.is_synthetic:
         return (
-            "⚠ SYNTHETIC SAMPLE: data/spotify-2023.csv was not found, so every number below "
-            "comes from a generated sample and says nothing about real songs. " + DOWNLOAD_HINT
+            "⚠ SYNTHETIC SAMPLE: every number below comes from a generated sample, not from "
+            "the Kaggle file, and says nothing about real songs. " + DOWNLOAD_HINT
         )
     if not run.is_real:
         return f"Note: running on {run.data_path.name}, not the original Kaggle file."
@@ -124,10 +124,6 @@ class DataError(ValueError):
 
 TARGET = "streams"
 NAME_COLUMNS = ["track_name", "artist(s)_name"]
-COUNT_COLUMNS = [
-    "artist_count", "in_spotify_playlists", "in_spotify_charts", "in_apple_playlists",
-    "in_apple_charts", "in_deezer_playlists", "in_deezer_charts", "in_shazam_charts",
-]
 DATE_COLUMNS = ["released_year", "released_month", "released_day"]
 AUDIO_NUMERIC = [
     "bpm", "danceability_%", "valence_%", "energy_%", "acousticness_%",
@@ -167,7 +163,7 @@ def load_raw(path=None) -> pd.DataFrame:
         hint = DOWNLOAD_HINT if path.name == RAW_DATA.name else "Check the path."
         raise DataError(f"Data file not found: {path}. {hint}")
     raw = path.read_bytes()
-    if not raw.strip():
+    if not raw.removeprefix(b"\xef\xbb\xbf").strip():
         raise DataError(f"{path} is empty. Re-download it; the original is 106,270 bytes.")
     if b"\x00" in raw[:4096]:
         raise DataError(f"{path} is not a CSV text file (it holds binary data). "
@@ -176,7 +172,7 @@ def load_raw(path=None) -> pd.DataFrame:
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False,
                             na_values=[""], skipinitialspace=True)
-    except pd.errors.ParserError as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path} could not be parsed as CSV ({exc}). "
                         "Pass the original comma-separated file.") from None
     frame = frame.loc[:, ~(frame.columns.str.startswith("Unnamed:") & frame.isna().all())]
@@ -192,6 +188,11 @@ def load_raw(path=None) -> pd.DataFrame:
         raise DataError(f"{path} has a header but no data rows.")
     extra = [c for c in frame.columns if c not in REQUIRED_COLUMNS]
     return frame[REQUIRED_COLUMNS + extra]
+
+
+def check_data(path) -> None:
+    """Check up front that a CSV loads, cleans and has enough songs for the series (DataError)."""
+    split_train_test(add_features(clean(load_raw(path)).data))
 
 
 def describe_columns(raw: pd.DataFrame) -> pd.DataFrame:
@@ -295,8 +296,13 @@ def clean(raw: pd.DataFrame) -> CleanResult:
     result.log("missing in_shazam_charts", df["in_shazam_charts"].isna().sum(),
                "left missing; imputed inside each model's folds (median + missing flag)")
     incomplete = df[[c for c in NUMERIC_COLUMNS if c != "in_shazam_charts"]].isna().any(axis=1)
-    if incomplete.any():
-        drop(incomplete, "missing numeric values", "dropped: no safe default")
+    if (incomplete | df["mode"].isna()).any():
+        drop(incomplete | df["mode"].isna(), "missing numbers or mode", "dropped: no safe default")
+    for col, allowed in [("key", [*KEYS, "unknown"]), ("mode", MODES)]:
+        unknown = ~df[col].isin(allowed)
+        if unknown.any():
+            raise DataError(f"Column '{col}' holds {int(unknown.sum())} unknown value(s), e.g. "
+                            f"{df.loc[unknown, col].iloc[0]!r}; allowed: {', '.join(allowed)}.")
 
     # 4. Duplicate track/artist pairs: keep the later snapshot (more streams, then playlists).
     key = pair_key(df)
@@ -490,9 +496,16 @@ def feature_columns(feature_set: str) -> list:
 # ----------------------------------------------------------------------------------------------
 
 
+MIN_SONGS = 50  # below this, a 20 % test set and 5-fold CV leave too few songs per fold
+
+
 def split_train_test(df: pd.DataFrame, seed=42, test_size=0.2):
     """Hold out a test set (touched only in notebook 06); repeated pairs stay on one side."""
     from sklearn.model_selection import GroupShuffleSplit
+
+    if len(df) < MIN_SONGS:
+        raise DataError(f"Only {len(df)} usable songs after cleaning; the series needs at least "
+                        f"{MIN_SONGS} for a test set and 5-fold cross-validation.")
 
     splitter = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
     train_idx, test_idx = next(splitter.split(df, groups=pair_key(df)))
@@ -857,11 +870,7 @@ def expand_grid(grid: dict) -> list:
 
 
 def fold_arrays(df: pd.DataFrame, feature_set: str, splits):
-    """Per split, inputs preprocessed by a transformer fitted on that split's training rows only.
-
-    Returns X [splits, rows, features], the standardized target [splits, rows], the training and
-    validation masks [splits, rows] and the target's (mean, std) per split.
-    """
+    """Per split, X and standardized y fitted on its training rows only, masks and y (mean, std)."""
     X_df, y = df[feature_columns(feature_set)], log_streams(df)
     Xs, ys, train, val, stats = [], [], [], [], []
     for tr, va in splits:

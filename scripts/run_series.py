@@ -89,7 +89,7 @@ def prepare_run(helpers, args: argparse.Namespace):
             raise UsageError(f"--refresh needs the real data file {real} with sha256 "
                              f"{helpers.REAL_SHA256} (found: {actual}).\n{GET_REAL_DATA}")
     try:
-        helpers.clean(helpers.load_raw(run.data_path))  # reads only; the CSV is never written
+        helpers.check_data(run.data_path)  # reads only; the CSV is never written
     except helpers.DataError as exc:
         raise UsageError(f"{exc}") from exc
     return run

@@ -96,6 +96,7 @@ def test_missing_file_says_how_to_download(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (b"", "empty"),
     (b"   \r\n", "empty"),
+    (b"\xef\xbb\xbf\n", "empty"),
     ((HEADER + "\n").encode(), "no data rows"),
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00binary", "not a CSV"),
     (b"a,b,c\n1,2,3\n", "does not look like"),
@@ -120,6 +121,20 @@ def test_non_numeric_column_is_named_with_an_example(tmp_path):
     lines[2] = row(name="X", playlists="lots")
     with pytest.raises(DataError, match=r"'in_spotify_playlists'.*'lots'"):
         clean(load_raw(write(tmp_path, lines)))
+
+
+@pytest.mark.parametrize("column, value", [("key", "H"), ("mode", "minor")])
+def test_unknown_key_or_mode_is_named(tmp_path, column, value):
+    lines = good_lines() + [row(name="Odd", **{column: value})]
+    with pytest.raises(DataError, match=rf"'{column}'.*'{value}'.*allowed"):
+        clean(load_raw(write(tmp_path, lines)))
+
+
+def test_missing_mode_is_dropped_and_counted(tmp_path):
+    lines = good_lines() + [row(name="NoMode", mode="")]
+    result = clean(load_raw(write(tmp_path, lines)))
+    assert "NoMode" not in result.data["track_name"].tolist()
+    assert result.steps_table().set_index("step").loc["missing numbers or mode", "rows"] == 1
 
 
 def test_target_without_usable_rows(tmp_path):
@@ -258,3 +273,9 @@ def test_other_csv_gets_its_own_folder_and_a_note(tmp_path):
     run = helpers.resolve_run(path)
     assert run.output_dir == helpers.BUILD_DIR / "mine"
     assert "not the original" in helpers.data_banner(run)
+
+
+def test_check_data_accepts_the_sample_and_refuses_a_tiny_file(tmp_path):
+    helpers.check_data(helpers.SAMPLE_DATA)
+    with pytest.raises(DataError, match="Only 5 usable songs"):
+        helpers.check_data(write(tmp_path, good_lines(5)))

@@ -62,6 +62,11 @@ def test_split_keeps_repeated_pairs_on_one_side(songs):
         assert not set(helpers.pair_key(data.iloc[tr])) & set(helpers.pair_key(data.iloc[va]))
 
 
+def test_too_few_songs_is_a_data_error(songs):
+    with pytest.raises(DataError, match="Only 10 usable songs.*at least 50"):
+        helpers.split_train_test(songs.head(10))
+
+
 def test_cv_splits_cover_every_row_once_per_repeat(songs):
     splits = helpers.cv_splits(songs, seed=0, n_splits=5, n_repeats=2)
     assert len(splits) == 10

@@ -59,15 +59,13 @@ def stub_helpers(monkeypatch, tmp_path, *, synthetic=False, data_error=None, rea
         return types.SimpleNamespace(data_path=data, metrics_dir=out / "metrics",
                                      is_synthetic=synthetic)
 
-    def load_raw(path):
+    def check_data(path):
         if data_error:
             raise DataError(data_error)
-        return str(path)
 
     stub.DataError = DataError
     stub.resolve_run = resolve_run
-    stub.load_raw = load_raw
-    stub.clean = lambda raw: raw
+    stub.check_data = check_data
     stub.RAW_DATA = real_file if real_file is not None else tmp_path / "absent.csv"
     stub.REAL_SHA256 = "0" * 64
     if real_file is not None and real_file.exists():
