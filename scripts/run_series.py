@@ -13,7 +13,6 @@ Exit codes: 0 success, 1 a notebook failed, 2 bad data or bad usage (nothing was
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -21,12 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GET_REAL_DATA = (
-    "Get the real file (Kaggle account needed):\n"
-    "  kaggle datasets download -d nelgiriyewithana/top-spotify-songs-2023 -p data --unzip\n"
-    "or in Python: kagglehub.dataset_download('nelgiriyewithana/top-spotify-songs-2023'),\n"
-    "then copy spotify-2023.csv to data/spotify-2023.csv."
-)
 
 
 class UsageError(Exception):
@@ -84,10 +77,10 @@ def prepare_run(helpers, args: argparse.Namespace):
     run = helpers.resolve_run(data_path=data, output_dir=output)
     if args.refresh:
         real = Path(helpers.RAW_DATA)
-        actual = hashlib.sha256(real.read_bytes()).hexdigest() if real.is_file() else "absent"
+        actual = helpers.file_sha256(real) if real.is_file() else "absent"
         if actual != helpers.REAL_SHA256:
             raise UsageError(f"--refresh needs the real data file {real} with sha256 "
-                             f"{helpers.REAL_SHA256} (found: {actual}).\n{GET_REAL_DATA}")
+                             f"{helpers.REAL_SHA256} (found: {actual}). {helpers.DOWNLOAD_HINT}")
     try:
         helpers.check_data(run.data_path)  # reads only; the CSV is never written
     except helpers.DataError as exc:
@@ -95,11 +88,13 @@ def prepare_run(helpers, args: argparse.Namespace):
     return run
 
 
-def synthetic_banner() -> str:
-    """The warning shown when the numbers come from the synthetic sample."""
+def boxed(text: str) -> str:
+    """A warning framed in '!!' lines so it stands out in a console log."""
+    import textwrap
+
     line = "!" * 78
-    return (f"{line}\n!! Running on the SYNTHETIC sample: every number and figure is made up.\n"
-            f"!! {GET_REAL_DATA.replace(chr(10), chr(10) + '!! ')}\n{line}")
+    body = "\n".join(f"!! {part}" for part in textwrap.wrap(text, 74))
+    return f"{line}\n{body}\n{line}"
 
 
 def execute(notebook: Path, destination: Path, failed_copy: Path, parameters: dict,
@@ -163,7 +158,7 @@ def build_report(executed: list[Path], destination: Path) -> None:
     destination.write_text(body, encoding="utf-8")
 
 
-def print_summary(run, report: Path, out_notebooks: Path, synthetic: bool) -> None:
+def print_summary(run, report: Path, out_notebooks: Path, banner: str) -> None:
     """One screen: where things are and the headline metrics of 06_results, if any."""
     metrics_dir = Path(run.metrics_dir)
     print(f"\nreport:    {report}\nnotebooks: {out_notebooks}\nmetrics:   {metrics_dir}")
@@ -182,8 +177,8 @@ def print_summary(run, report: Path, out_notebooks: Path, synthetic: bool) -> No
                 text = format(value, number) if isinstance(value, int | float) else str(value)
                 cells.append(f"{text:{align}{width}}")
             print(" ".join(cells))
-    if synthetic:
-        print("\n" + synthetic_banner())
+    if banner:
+        print("\n" + boxed(banner))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    synthetic = bool(getattr(run, "is_synthetic", False))
-    if synthetic:
-        print(synthetic_banner())
+    banner = helpers.data_banner(run) if run.is_synthetic else ""  # one text: helpers'
+    if banner:
+        print(boxed(banner))
     out_dir = Path(args.output).resolve()
     out_notebooks = out_dir / "notebooks"
     out_notebooks.mkdir(parents=True, exist_ok=True)
@@ -226,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         executed.append(destination)
     report = out_dir / "report.html"
     build_report(executed, report)
-    print_summary(run, report, notebooks[0].parent if args.refresh else out_notebooks, synthetic)
+    print_summary(run, report, notebooks[0].parent if args.refresh else out_notebooks, banner)
     return 0
 
 

@@ -63,6 +63,9 @@ def stub_helpers(monkeypatch, tmp_path, *, synthetic=False, data_error=None, rea
         if data_error:
             raise DataError(data_error)
 
+    stub.DOWNLOAD_HINT = "Download it: kaggle datasets download -d x/y -p data --unzip"
+    stub.data_banner = lambda run: "SYNTHETIC SAMPLE: made-up numbers. " + stub.DOWNLOAD_HINT
+    stub.file_sha256 = lambda path: hashlib.sha256(Path(path).read_bytes()).hexdigest()
     stub.DataError = DataError
     stub.resolve_run = resolve_run
     stub.check_data = check_data
