@@ -15,7 +15,7 @@ OUT    ?= build/run
 RUN_ARGS = $(if $(DATA),--data "$(DATA)") --output "$(OUT)"
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run quick test refresh-notebooks readme bench lab clean
+.PHONY: help venv run quick test refresh-notebooks readme bench drift lab clean
 
 help:
 	@echo "make venv               create/refresh .venv (pinned requirements + editable helpers)"
@@ -25,6 +25,7 @@ help:
 	@echo "make refresh-notebooks  maintainer: re-execute notebooks/ in place on the real data file"
 	@echo "make readme             regenerate the README's results and performance tables"
 	@echo "make bench              measure speed and memory (writes reports/benchmark.json)"
+	@echo "make drift              maintainer: measure TF drift across emulated CPUs (reports/drift.json)"
 	@echo "make lab                open JupyterLab in notebooks/"
 	@echo "make clean              remove build/"
 
@@ -58,6 +59,13 @@ readme: venv
 
 bench: venv
 	$(BIN)/python scripts/benchmark.py
+	$(BIN)/python scripts/update_readme.py
+
+# Runs the series 4 times (native, XLA targets AVX and SSE4_2, another seed) into build/drift/;
+# the measured drift sets the tolerances of the test session (tests/contract.py).
+# DRIFT_ARGS=--reuse keeps finished runs.
+drift: venv
+	$(BIN)/python scripts/measure_drift.py $(DRIFT_ARGS)
 	$(BIN)/python scripts/update_readme.py
 
 lab: venv
