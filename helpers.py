@@ -6,12 +6,14 @@ The notebooks import what they need by name (``from helpers import load_raw, cle
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,11 +216,18 @@ class CleanResult:
 
     data: pd.DataFrame
     steps: list = field(default_factory=list)
-    dropped: pd.DataFrame | list = None  # the removed raw rows, each with its reason
+    dropped: pd.DataFrame | list = field(default_factory=list)  # removed rows, with reasons
     reference_date: pd.Timestamp | None = None
+    blank_key: str = "C"  # what a blank key means in this file (see clean)
 
     def log(self, step: str, rows: int, action: str) -> None:
         self.steps.append({"step": step, "rows": int(rows), "action": action})
+
+    def drop(self, df: pd.DataFrame, mask, step: str, action: str) -> pd.DataFrame:
+        """df without the rows of mask; they are kept in `dropped` with the step as reason."""
+        self.dropped.append(df.loc[mask, ["raw_row", *NAME_COLUMNS]].assign(reason=step))
+        self.log(step, mask.sum(), action)
+        return df[~mask]
 
     def steps_table(self) -> pd.DataFrame:
         """The steps as a table for display."""
@@ -229,6 +238,27 @@ def parse_numbers(values: pd.Series) -> pd.Series:
     """Text to float: strips thousands separators and blanks; unparseable text becomes NaN."""
     text = values.astype("str").str.strip().str.replace(",", "", regex=False)
     return pd.to_numeric(text.where(values.notna()), errors="coerce")
+
+
+def parse_fields(df: pd.DataFrame, blank_key="C"):
+    """Parse raw text fields, the one way clean() and predict_streams share: numbers without
+    thousands separators, a blank key read as blank_key. Returns the parsed frame and, per
+    column, a mask of values that are present but invalid (not a number, unknown key or mode)."""
+    out, bad = df.copy(), {}
+    for col in [c for c in NUMERIC_COLUMNS if c in df]:
+        out[col] = parse_numbers(df[col])
+        bad[col] = out[col].isna() & df[col].notna()
+    for col, allowed in [("key", [*KEYS, "unknown"]), ("mode", MODES)]:
+        if col in df:
+            out[col] = df[col].fillna(blank_key) if col == "key" else df[col]
+            bad[col] = out[col].notna() & ~out[col].isin(allowed)
+    return out, bad
+
+
+def typed_categories(df: pd.DataFrame) -> pd.DataFrame:
+    """key and mode as categoricals with fixed categories (the same one-hot columns always)."""
+    return df.assign(key=pd.Categorical(df["key"], categories=[*KEYS, "unknown"]),
+                     mode=pd.Categorical(df["mode"], categories=MODES))
 
 
 def pair_key(frame: pd.DataFrame) -> pd.Series:
@@ -248,86 +278,86 @@ def clean(raw: pd.DataFrame) -> CleanResult:
     """Clean a raw frame from load_raw; every step is recorded with its row count."""
     df = raw.copy()
     df.insert(0, "raw_row", raw.index)  # traceability: the row's position in the raw file
-    result = CleanResult(df, dropped=[])
-    n_start = len(df)
-    result.log("start", n_start, "rows in the raw file")
+    result = CleanResult(df)
+    result.log("start", len(df), "rows in the raw file")
+    df = _repair_names(df, result)
+    df = _parse_values(df, result)
+    df = _drop_repeats_and_implausible(df, result)
+    return _finish(df, result, len(raw))
 
-    def drop(mask, step, action):
-        nonlocal df
-        result.dropped.append(df.loc[mask, ["raw_row", *NAME_COLUMNS]].assign(reason=step))
-        df = df[~mask]
-        result.log(step, mask.sum(), action)
 
-    # 1. Names: undecodable bytes became U+FFFD; collapse each run to one marker.
+def _repair_names(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
+    """Undecodable bytes became U+FFFD: collapse each run to one marker."""
     damaged = df[NAME_COLUMNS].apply(lambda s: s.str.contains("\ufffd", na=False)).any(axis=1)
     for col in NAME_COLUMNS:
         df[col] = df[col].fillna("").str.replace(r"\ufffd+", "\ufffd", regex=True).str.strip()
     result.log("encoding damage in names", damaged.sum(),
                "kept; each run of lost characters marked once with \ufffd")
+    return df
 
-    # 2. Numbers: thousands separators, then text that is not a number.
-    n_sep, text_target = 0, None
+
+def _parse_values(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
+    """Numbers from text, the unreadable target dropped, blank keys filled, missing values."""
+    n_sep = sum(int(df[c].str.contains(r"\d,\d", regex=True, na=False).sum())
+                for c in NUMERIC_COLUMNS)
+    has_c, no_key = (df["key"] == "C").any(), df["key"].isna()
+    result.blank_key = "unknown" if has_c else "C"
+    parsed, bad = parse_fields(df, result.blank_key)
     for col in NUMERIC_COLUMNS:
-        n_sep += int(df[col].str.contains(r"\d,\d", regex=True, na=False).sum())
-        parsed = parse_numbers(df[col])
-        bad = parsed.isna() & df[col].notna()
-        if bad.any() and (col != TARGET or bad.sum() > 0.5 * df[col].notna().sum()):
-            raise DataError(f"Column '{col}' holds {int(bad.sum())} value(s) that are not numbers, "
-                            f"e.g. {df.loc[bad, col].iloc[0]!r}. Fix or blank them in the CSV"
-                            + ("; the target must hold stream counts." if col == TARGET else "."))
-        text_target = bad if col == TARGET else text_target
-        df[col] = parsed
+        present = bad[col] | parsed[col].notna()
+        if bad[col].any() and (col != TARGET or bad[col].sum() > 0.5 * present.sum()):
+            raise DataError(f"Column '{col}' holds {int(bad[col].sum())} value(s) that are not "
+                            f"numbers, e.g. {df.loc[bad[col], col].iloc[0]!r}. Fix or blank them "
+                            "in the CSV" + ("; the target must hold stream counts."
+                                            if col == TARGET else "."))
     result.log("thousands separators", n_sep, "removed ('1,021' -> 1021)")
-    drop(text_target, "corrupted streams value", "dropped: the target is unreadable")
+    df = result.drop(parsed, bad[TARGET], "corrupted streams value",
+                     "dropped: the target is unreadable")
     no_target = df[TARGET].isna() | (df[TARGET] <= 0)
     if no_target.any():
-        drop(no_target, "missing streams", "dropped: no target")
+        df = result.drop(df, no_target, "missing streams", "dropped: no target")
     if df.empty:
         raise DataError("No row has a usable 'streams' value (a positive number). "
                         "Check the column: it must hold total stream counts.")
-
-    # 3. Missing values: key (C is never written), Shazam charts (unknown, not zero).
-    no_key = df["key"].isna()
-    has_c = (df["key"] == "C").any()
-    df["key"] = df["key"].fillna("unknown" if has_c else "C")
-    result.log("missing key", no_key.sum(),
+    result.log("missing key", no_key[df.index].sum(),
                "filled with 'unknown' (key C occurs, so blanks are not C)" if has_c
                else "filled with 'C': no row states key C")
     result.log("missing in_shazam_charts", df["in_shazam_charts"].isna().sum(),
                "left missing; imputed inside each model's folds (median + missing flag)")
     incomplete = df[[c for c in NUMERIC_COLUMNS if c != "in_shazam_charts"]].isna().any(axis=1)
     if (incomplete | df["mode"].isna()).any():
-        drop(incomplete | df["mode"].isna(), "missing numbers or mode", "dropped: no safe default")
+        df = result.drop(df, incomplete | df["mode"].isna(), "missing numbers or mode",
+                         "dropped: no safe default")
     for col, allowed in [("key", [*KEYS, "unknown"]), ("mode", MODES)]:
-        unknown = ~df[col].isin(allowed)
-        if unknown.any():
+        if bad[col][df.index].any():
+            unknown = bad[col][df.index]
             raise DataError(f"Column '{col}' holds {int(unknown.sum())} unknown value(s), e.g. "
                             f"{df.loc[unknown, col].iloc[0]!r}; allowed: {', '.join(allowed)}.")
+    return df
 
-    # 4. Duplicate track/artist pairs: keep the later snapshot (more streams, then playlists).
+
+def _drop_repeats_and_implausible(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
+    """Repeated track/artist pairs (keep the later snapshot), then implausible values."""
     key = pair_key(df)
     order = df.sort_values([TARGET, "in_spotify_playlists"], ascending=False, kind="stable").index
     repeated = pd.Series(key.loc[order].duplicated().to_numpy(), index=order).reindex(df.index)
-    drop(repeated, "duplicate track/artist pairs",
-         f"dropped; of {key[key.duplicated(keep=False)].nunique()} repeated pairs kept "
-         "the row with more streams")
+    df = result.drop(df, repeated, "duplicate track/artist pairs",
+                     f"dropped; of {key[key.duplicated(keep=False)].nunique()} repeated pairs "
+                     "kept the row with more streams")
+    df = result.drop(df, df[TARGET] < MIN_PLAUSIBLE_STREAMS,
+                     f"streams below {MIN_PLAUSIBLE_STREAMS:,}", "dropped: not a chart hit")
+    return result.drop(df, df["released_year"] < MIN_PLAUSIBLE_YEAR,
+                       f"release year before {MIN_PLAUSIBLE_YEAR}", "dropped: placeholder date")
 
-    # 5. Implausible values.
-    drop(df[TARGET] < MIN_PLAUSIBLE_STREAMS, f"streams below {MIN_PLAUSIBLE_STREAMS:,}",
-         "dropped: not a chart hit")
-    drop(df["released_year"] < MIN_PLAUSIBLE_YEAR, f"release year before {MIN_PLAUSIBLE_YEAR}",
-         "dropped: placeholder date")
 
-    # 6. Types and dates.
+def _finish(df: pd.DataFrame, result: CleanResult, n_start: int) -> CleanResult:
+    """Types, release date and song age; the final log line."""
     dates = release_dates(df)
     if dates.isna().any():
-        drop(dates.isna(), "impossible release dates", "dropped")
-    df = df.copy()
-    df["release_date"] = dates[df.index]
+        df = result.drop(df, dates.isna(), "impossible release dates", "dropped")
     ints = [c for c in NUMERIC_COLUMNS if c != "in_shazam_charts"]
-    df[ints] = df[ints].astype("int64")
-    df["key"] = pd.Categorical(df["key"], categories=[*KEYS, "unknown"])
-    df["mode"] = pd.Categorical(df["mode"], categories=MODES)
+    df = typed_categories(df.assign(release_date=dates[df.index]).astype(dict.fromkeys(ints,
+                                                                                     "int64")))
     if df.empty:
         raise DataError("No rows are left after cleaning; check the file's contents.")
     result.reference_date = df["release_date"].max()
@@ -352,81 +382,8 @@ def load_clean(path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"Cleaned data not found at {path}. Run notebook 02_cleaning first "
                         "(or the whole series with `make run`).")
-    df = pd.read_csv(path, parse_dates=["release_date"], encoding="utf-8",
-                     keep_default_na=False, na_values=[""])
-    df["key"] = pd.Categorical(df["key"], categories=[*KEYS, "unknown"])
-    df["mode"] = pd.Categorical(df["mode"], categories=MODES)
-    return df
-
-
-def make_synthetic_sample(n_rows=400, seed=2023) -> bytes:
-    """Bytes of a fake CSV with the real file's schema and quirks (no real song in it)."""
-    if n_rows < 20:
-        raise ValueError("n_rows must be at least 20 to hold every quirk of the real file.")
-    rng = np.random.default_rng(seed)
-    words = ["Night", "Love", "Fuego", "Corazón", "Summer", "Ghost", "Dance", "Río", "Gold",
-             "Heart", "Canción", "Rain", "Fiesta", "Blue", "Away", "Mañana", "Fire", "Dream"]
-    people = ["Luna Vega", "The Paper Kites", "DJ Koral", "Mara", "Béla Nox", "Kid Orbit",
-              "Sol y Sombra", "Ivy Lane", "MC Ruído", "Northbound", "Zoë Park", "Los Fríos"]
-    popularity = rng.normal(0, 1, n_rows)  # hidden "hit power": drives streams and playlists
-    year = np.where(rng.random(n_rows) < 0.8, rng.integers(2019, 2024, n_rows),
-                    rng.integers(1955, 2019, n_rows))
-    month, day = rng.integers(1, 13, n_rows), rng.integers(1, 29, n_rows)
-    month[year == 2023] = rng.integers(1, 7, (year == 2023).sum())
-    age_years = 2023.5 - (year + month / 12)
-    noise = rng.normal(0, 0.2, n_rows)
-    log_streams = 8.3 + 0.45 * popularity + 0.35 * np.log10(1 + age_years) + noise
-    pop_playlist = popularity + 0.3 * np.log1p(age_years)
-
-    def counts(scale, noise):
-        """Playlist-like counts: consequences of popularity, with noise."""
-        noisy = scale + 1.1 * pop_playlist + rng.normal(0, noise, n_rows)
-        return np.round(np.exp(noisy)).astype(int)
-
-    n_artists = rng.choice([1, 1, 1, 2, 2, 3], n_rows)
-    ints = rng.integers
-    frame = pd.DataFrame({
-        "track_name": [f"{rng.choice(words)} {rng.choice(words)} {i}" for i in range(n_rows)],
-        "artist(s)_name": [", ".join(rng.choice(people, k, replace=False)) for k in n_artists],
-        "artist_count": n_artists, "released_year": year,
-        "released_month": month, "released_day": day,
-        "in_spotify_playlists": counts(7.6, 0.5),
-        "in_spotify_charts": np.maximum(0, rng.normal(10 + 15 * popularity, 15)).astype(int),
-        "streams": (10 ** log_streams).astype(np.int64),
-        "in_apple_playlists": counts(3.9, 0.6), "in_apple_charts": ints(0, 150, n_rows),
-        "in_deezer_playlists": counts(4.0, 0.8), "in_deezer_charts": ints(0, 20, n_rows),
-        "in_shazam_charts": np.where(rng.random(n_rows) < 0.3, ints(0, 1500, n_rows),
-                                     ints(0, 20, n_rows)),
-        "bpm": ints(65, 200, n_rows), "key": rng.choice(KEYS, n_rows),
-        "mode": rng.choice(MODES, n_rows),
-        **{c: ints(0, 20 if c == "instrumentalness_%" else 98, n_rows) for c in AUDIO_NUMERIC[1:]},
-    })
-    for col in ["in_deezer_playlists", "in_shazam_charts"]:  # thousands separators, as text
-        frame[col] = frame[col].map(lambda v: f"{v:,}")
-    frame["key"] = frame["key"].where(frame["key"] != "C")  # key C is written as a blank
-    frame.loc[rng.choice(n_rows, n_rows // 20, replace=False), "in_shazam_charts"] = None
-    frame = frame.astype({"streams": "str", "released_year": "int64"})
-    frame.loc[5, "streams"] = ("BPM110KeyAModeMajorDanceability53Valence75Energy69Acousticness7"
-                               "Instrumentalness0Liveness17Speechiness3")
-    frame.loc[7, "streams"] = "2762"
-    frame.loc[9, "released_year"] = 1930
-    dups = frame.iloc[10:14].copy()  # four repeated pairs that disagree with their twins
-    dups["in_spotify_playlists"] = (dups["in_spotify_playlists"] * 0.6).astype(int)
-    dups["streams"] = [str(int(int(s) * f)) for s, f in zip(dups["streams"], [1, .98, .5, 1.01])]
-    frame = pd.concat([frame, dups], ignore_index=True)
-    text = frame.to_csv(index=False, lineterminator="\r\n")
-    raw = text.encode("utf-8")
-    # Encoding damage as in the original: lost characters, some cut mid-sequence.
-    raw = raw.replace("ñ".encode(), b"\xef\xbf\xbd\xef\xbf\xbd").replace("ó".encode(), b"\xef\xbf")
-    return raw
-
-
-def write_synthetic_sample(path=SAMPLE_DATA, n_rows=400, seed=2023) -> Path:
-    """Write the synthetic sample CSV (committed as data/sample/...); returns its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(make_synthetic_sample(n_rows, seed))
-    return path
+    return typed_categories(pd.read_csv(path, parse_dates=["release_date"], encoding="utf-8",
+                                        keep_default_na=False, na_values=[""]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -481,7 +438,8 @@ def make_preprocessor(feature_set: str):
              ("log", make_pipeline(FunctionTransformer(np.log1p, feature_names_out="one-to-one"),
                                    *numeric), logged),
              ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), cats)]
-    return ColumnTransformer([p for p in parts if p[2]], verbose_feature_names_out=False)
+    # n_jobs=1: three tiny transformers; never worth a joblib (or Dask) task each
+    return ColumnTransformer([p for p in parts if p[2]], verbose_feature_names_out=False, n_jobs=1)
 
 
 def feature_columns(feature_set: str) -> list:
@@ -524,34 +482,32 @@ def cv_splits(df: pd.DataFrame, seed=42, n_splits=5, n_repeats=3) -> list:
             .split(df, groups=groups)]
 
 
+def median_factor(y_true, y_pred) -> float:
+    """10^(median |error|) on log10 streams: 'the typical prediction is off by this factor'."""
+    return float(10 ** np.median(np.abs(np.asarray(y_pred) - np.asarray(y_true))))
+
+
 def regression_metrics(y_true, y_pred) -> dict:
-    """MSE, MAE and R² on log10 streams, plus the median factor between predicted and actual."""
-    err = np.asarray(y_pred, dtype=float) - np.asarray(y_true, dtype=float)
-    total = np.sum((y_true - np.mean(y_true)) ** 2)
-    return {"r2": float(1 - np.sum(err**2) / total), "mse": float(np.mean(err**2)),
-            "mae": float(np.mean(np.abs(err))),
-            "median_factor": float(10 ** np.median(np.abs(err)))}
+    """R², MSE, MAE on log10 streams and the median factor (scikit-learn's metric functions)."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    return {"r2": r2_score(y_true, y_pred), "mse": mean_squared_error(y_true, y_pred),
+            "mae": mean_absolute_error(y_true, y_pred),
+            "median_factor": median_factor(y_true, y_pred)}
 
 
-def cross_val_predictions(make_model, df: pd.DataFrame, feature_set: str, splits) -> np.ndarray:
-    """Validation predictions of a fresh model per split ([splits, rows], NaN off-fold)."""
-    X, y = df[feature_columns(feature_set)], log_streams(df)
-    predictions = np.full((len(splits), len(df)), np.nan)
-    for i, (tr, va) in enumerate(splits):
-        predictions[i, va] = make_model(feature_set).fit(X.iloc[tr], y[tr]).predict(X.iloc[va])
-    return predictions
+def cross_validate_model(model, df: pd.DataFrame, feature_set: str, splits, n_jobs=1):
+    """scikit-learn's cross_validate of a fresh copy of `model` per split; one row per fold."""
+    from sklearn.metrics import make_scorer
+    from sklearn.model_selection import cross_validate
 
-
-def fold_metrics(df: pd.DataFrame, splits, predictions: np.ndarray) -> pd.DataFrame:
-    """One row of validation metrics per split, from predictions shaped [splits, rows]."""
-    y = log_streams(df)
-    return pd.DataFrame([{"fold": i, **regression_metrics(y[va], predictions[i, va])}
-                         for i, (_, va) in enumerate(splits)])
-
-
-def cross_validate(make_model, df: pd.DataFrame, feature_set: str, splits) -> pd.DataFrame:
-    """Fit a fresh scikit-learn model per split; one row of validation metrics per fold."""
-    return fold_metrics(df, splits, cross_val_predictions(make_model, df, feature_set, splits))
+    scoring = {"r2": "r2", "mse": "neg_mean_squared_error", "mae": "neg_mean_absolute_error",
+               "median_factor": make_scorer(median_factor, greater_is_better=False)}
+    scores = cross_validate(model, df[feature_columns(feature_set)], log_streams(df), cv=splits,
+                            scoring=scoring, n_jobs=n_jobs)
+    signs = {"r2": 1, "mse": -1, "mae": -1, "median_factor": -1}  # scorers maximize
+    return pd.DataFrame({"fold": range(len(splits)),
+                         **{m: s * scores[f"test_{m}"] for m, s in signs.items()}})
 
 
 def summarize_cv(per_fold: pd.DataFrame, by=("model", "feature_set")) -> pd.DataFrame:
@@ -589,14 +545,6 @@ def load_metrics(run: Run, notebook: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow (Keras) random generators."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-
-
-
 def make_baseline(name: str, feature_set: str, seed=42):
     """A scikit-learn pipeline: 'mean', 'linear', 'ridge' or 'hgb' on one feature set."""
     from sklearn.dummy import DummyRegressor
@@ -615,462 +563,235 @@ def make_baseline(name: str, feature_set: str, seed=42):
     return make_pipeline(make_preprocessor(feature_set), estimators[name]())
 
 
-# Keras 3 Adam defaults (keras/src/optimizers/adam.py).
-_BETA_1, _BETA_2, _EPSILON = 0.9, 0.999, 1e-7
-
-
-def build_mlp(n_features, neurons=64, dropout=0.2, learning_rate=1e-3, seed=42):
-    """The seed architecture as a compiled keras.Sequential (plain Keras path)."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input(shape=(n_features,)),
-        keras.layers.Dense(neurons, activation="relu"),
-        keras.layers.Dropout(dropout),
-        keras.layers.Dense(neurons // 2, activation="relu"),
-        keras.layers.Dropout(dropout),
-        keras.layers.Dense(1),
-    ])
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="mse")
-    return model
-
-
-def fit_mlp_keras(X, y, *, neurons=64, dropout=0.2, learning_rate=1e-3, batch_size=32,
-                  epochs=100, seed=42, validation_data=None):
-    """Seed-style plain Keras training (model.fit on numpy); returns (model, history dict)."""
-    model = build_mlp(X.shape[1], neurons, dropout, learning_rate, seed)  # seeds Keras globally
-    history = model.fit(X, y, batch_size=batch_size, epochs=epochs, verbose=0,
-                        validation_data=validation_data)
-    return model, history.history
-
-
-@dataclass
-class MLPBatch:
-    """Result of train_mlp_batch; every array has the model axis M (see train_mlp_batch)."""
-    history: dict      # "loss", "val_loss": arrays [epochs, M]
-    predictions: dict  # {epoch: [M, N]} eval-mode predictions on all rows
-    weights: dict      # {epoch: [W1, b1, W2, b2, W3, b3]}, each with leading axis M
-
-
-def _init_weights(seed, M, F, neurons):
-    """Glorot-uniform kernels and zero biases, the same for all M models (like set_random_seed)."""
-    rng = np.random.default_rng([seed, 0])
-    weights = []
-    for fan_in, fan_out in [(F, neurons), (neurons, neurons // 2), (neurons // 2, 1)]:
-        limit = np.sqrt(6.0 / (fan_in + fan_out))
-        kernel = rng.uniform(-limit, limit, size=(fan_in, fan_out)).astype(np.float32)
-        weights += [np.repeat(kernel[None], M, axis=0), np.zeros((M, fan_out), np.float32)]
-    return weights
-
-
-def _order_rng(seed):
-    """The generator of one model's batch order (every model gets its own, same seed)."""
-    return np.random.default_rng([seed, 1])
-
-
-def _epoch_order(rng, train_idx):
-    """One epoch's row order for one model: a fresh permutation of its training rows."""
-    return rng.permutation(train_idx)
-
-
-def _batch_plan(orders, n_steps, batch_size):
-    """Pad per-model orders to [M, n_steps, batch_size] row indices plus a 0/1 validity weight."""
-    M = len(orders)
-    idx = np.zeros((M, n_steps * batch_size), np.int32)
-    valid = np.zeros((M, n_steps * batch_size), np.float32)
-    for m, order in enumerate(orders):
-        idx[m, :len(order)] = order
-        valid[m, :len(order)] = 1.0
-    return idx.reshape(M, n_steps, batch_size), valid.reshape(M, n_steps, batch_size)
-
-
-def _forward(params, x):
-    """Eval-mode forward pass of all models: x [M, R, F] -> predictions [M, R]."""
-    import tensorflow as tf
-
-    W1, b1, W2, b2, W3, b3 = params
-    h1 = tf.nn.relu(tf.matmul(x, W1) + b1[:, None, :])
-    h2 = tf.nn.relu(tf.matmul(h1, W2) + b2[:, None, :])
-    return (tf.matmul(h2, W3) + b3[:, None, :])[..., 0]
-
-
-def _dropout_scale(u, rate):
-    """Inverted-dropout multiplier [M, B, H] from uniforms u [B, H]: 1/(1-rate) if u >= rate.
-
-    The same draw u is shared by all models, so each model sees exactly the noise it would see
-    if trained alone; keeping a unit when u >= rate follows tf.nn stateless_dropout.
-    """
-    import tensorflow as tf
-
-    r = rate[:, None, None]
-    return tf.where(u[None] >= r, 1.0 / (1.0 - r), 0.0)
-
-
-def _dropout_uniforms(seed, epoch, n_steps, batch_size, neurons, use_dropout):
-    """One epoch's dropout uniforms per layer, [steps, batch, width], seeded by (seed, epoch).
-
-    Drawn eagerly (outside XLA): the same draw inside the compiled loop was several times slower.
-    """
-    import tensorflow as tf
-
-    if not use_dropout:
-        return tf.zeros([1, 1, 1]), tf.zeros([1, 1, 1])
-    return tuple(tf.random.stateless_uniform([n_steps, batch_size, width],
-                                             seed=[seed, 2 * epoch + layer])
-                 for layer, width in enumerate([neurons, neurons // 2]))
-
-
-# One XLA compile per (M, N, F, neurons, batch, steps, use_dropout); the whole epoch is one
-# compiled while-loop (2-3x faster than the non-XLA graph for these tiny matmuls).
-def _train_epoch(state, X, y, idx, valid, lr, rate, u1, u2, use_dropout):
-    """One epoch of minibatch Adam for all models: (state, summed sq. error [M], preds [M, N])."""
-    import tensorflow as tf
-
-    n_steps = tf.shape(idx)[1]
-
-    def step(s, params, mom, vel, t, sse):
-        W1, b1, W2, b2, W3, b3 = params
-        rows = idx[:, s]                                   # [M, B] row numbers (gathering per
-        w = valid[:, s]                                    # step = pre-permuting, speed-wise)
-        xb = tf.gather(X, rows, batch_dims=1)              # [M, B, F]
-        yb = tf.gather(y, rows, batch_dims=1)              # [M, B]; w: [M, B], 0 on padding
-        count = tf.reduce_sum(w, axis=1)                   # rows actually in the batch
-        active = count > 0                                 # all-padding step => no-op
-        # Forward pass in training mode.
-        z1 = tf.matmul(xb, W1) + b1[:, None, :]
-        z2_in = tf.nn.relu(z1)
-        if use_dropout:
-            d1, d2 = _dropout_scale(u1[s], rate), _dropout_scale(u2[s], rate)
-            z2_in = z2_in * d1
-        z2 = tf.matmul(z2_in, W2) + b2[:, None, :]
-        h2 = tf.nn.relu(z2)
-        if use_dropout:
-            h2 = h2 * d2
-        pred = (tf.matmul(h2, W3) + b3[:, None, :])[..., 0]
-        diff = pred - yb
-        sse = sse + tf.reduce_sum(w * tf.square(diff), axis=1)
-        # Backward pass of loss_m = sum_b w*diff^2 / count_m (Keras' mean over the real batch rows).
-        g_out = (2.0 * diff * w / tf.maximum(count, 1.0)[:, None])[..., None]   # [M, B, 1]
-        g_h2 = tf.matmul(g_out, W3, transpose_b=True)
-        if use_dropout:
-            g_h2 = g_h2 * d2
-        g_z2 = tf.where(z2 > 0, g_h2, 0.0)                 # relu'(z) = [z > 0], as TF's ReluGrad
-        g_h1 = tf.matmul(g_z2, W2, transpose_b=True)
-        if use_dropout:
-            g_h1 = g_h1 * d1
-        g_z1 = tf.where(z1 > 0, g_h1, 0.0)
-        grads = [tf.matmul(xb, g_z1, transpose_a=True), tf.reduce_sum(g_z1, axis=1),
-                 tf.matmul(z2_in, g_z2, transpose_a=True), tf.reduce_sum(g_z2, axis=1),
-                 tf.matmul(h2, g_out, transpose_a=True), tf.reduce_sum(g_out, axis=1)]
-        # Adam exactly as keras/src/optimizers/adam.py, with a per-model step counter t.
-        t_new = t + tf.cast(active, tf.float32)
-        alpha = lr * tf.sqrt(1 - tf.pow(_BETA_2, t_new)) / (1 - tf.pow(_BETA_1, t_new))
-        new_p, new_m, new_v = [], [], []
-        for p, g, m_, v_ in zip(params, grads, mom, vel):
-            bshape = [-1] + [1] * (len(p.shape) - 1)       # broadcast [M] over a weight
-            keep_old = tf.reshape(~active, bshape)
-            m2 = m_ + (g - m_) * (1 - _BETA_1)
-            v2 = v_ + (tf.square(g) - v_) * (1 - _BETA_2)
-            p2 = p - (m2 * tf.reshape(alpha, bshape)) / (tf.sqrt(v2) + _EPSILON)
-            new_p.append(tf.where(keep_old, p, p2))
-            new_m.append(tf.where(keep_old, m_, m2))
-            new_v.append(tf.where(keep_old, v_, v2))
-        return s + 1, new_p, new_m, new_v, t_new, sse
-
-    params, mom, vel, t = state
-    sse0 = tf.zeros_like(lr)
-    _, params, mom, vel, t, sse = tf.while_loop(
-        lambda s, *_: s < n_steps, step, (tf.constant(0), params, mom, vel, t, sse0))
-    return (params, mom, vel, t), sse, _forward(params, X)
-
-
-@functools.cache
-def _compiled_epoch():
-    """_train_epoch as one XLA-compiled TensorFlow function (built on first use)."""
-    import tensorflow as tf
-
-    return tf.function(_train_epoch, jit_compile=True)
-
-
-def train_mlp_batch(X, y, train_mask, val_mask=None, *, neurons=64, batch_size=32,
-                    learning_rate=1e-3, dropout=0.2, epochs=100, snapshot_epochs=None,
-                    seed=42, progress=None) -> MLPBatch:
-    """Train M independent MLPs of one width and batch size at once, each on its own rows."""
-    import tensorflow as tf
-
-    X = np.asarray(X, np.float32)
-    y = np.asarray(y, np.float32)
-    M, N, F = X.shape
-    train_mask = np.asarray(train_mask, bool)
-    val_mask = np.zeros((M, N), bool) if val_mask is None else np.asarray(val_mask, bool)
-    lr = np.broadcast_to(np.asarray(learning_rate, np.float32), (M,)).copy()
-    rate = np.broadcast_to(np.asarray(dropout, np.float32), (M,)).copy()
-    snapshots = set(snapshot_epochs or (epochs,))
-    if not snapshots <= set(range(1, epochs + 1)):
-        raise ValueError(f"snapshot_epochs must lie in 1..{epochs}: {sorted(snapshots)}")
-
-    train_idx = [np.flatnonzero(train_mask[m]) for m in range(M)]
-    n_train = np.array([len(i) for i in train_idx], np.float32)
-    if n_train.min() == 0:
-        raise ValueError("every model needs at least one training row")
-    n_steps = int(np.ceil(n_train.max() / batch_size))      # models with fewer rows get padding
-    rngs = [_order_rng(seed) for _ in range(M)]
-
-    params = [tf.constant(w) for w in _init_weights(seed, M, F, neurons)]
-    state = (params, [tf.zeros_like(p) for p in params], [tf.zeros_like(p) for p in params],
-             tf.zeros([M], tf.float32))
-    use_dropout = bool((rate > 0).any())
-    consts = dict(X=tf.constant(X), y=tf.constant(y), lr=tf.constant(lr), rate=tf.constant(rate),
-                  use_dropout=use_dropout)
-
-    n_val = val_mask.sum(axis=1)
-    loss_hist, val_hist = np.zeros((epochs, M)), np.full((epochs, M), np.nan)
-    predictions, weights = {}, {}
-    for epoch in range(epochs):
-        idx, valid = _batch_plan([_epoch_order(r, i) for r, i in zip(rngs, train_idx)],
-                                 n_steps, batch_size)
-        u1, u2 = _dropout_uniforms(seed, epoch, n_steps, batch_size, neurons, use_dropout)
-        state, sse, preds = _compiled_epoch()(state, idx=tf.constant(idx), valid=tf.constant(valid),
-                                         u1=u1, u2=u2, **consts)
-        # Keras' epoch "loss" is the batch-size-weighted mean of batch losses = SSE / n_train.
-        loss_hist[epoch] = sse.numpy() / n_train
-        preds = preds.numpy()
-        sq_err = np.where(val_mask, (preds.astype(np.float64) - y) ** 2, 0.0)
-        has_val = n_val > 0
-        val_hist[epoch, has_val] = sq_err.sum(axis=1)[has_val] / n_val[has_val]
-        if epoch + 1 in snapshots:
-            predictions[epoch + 1] = preds
-            weights[epoch + 1] = [p.numpy() for p in state[0]]
-        if progress is not None:
-            progress(epoch + 1, epochs)
-    return MLPBatch({"loss": loss_hist, "val_loss": val_hist}, predictions, weights)
-
-
-def mlp_from_weights(weights, m, dropout=0.2, learning_rate=1e-3):
-    """Model m of a trained batch as a plain keras.Sequential with the same weights."""
-    n_features, neurons = weights[0].shape[1:]
-    model = build_mlp(n_features, neurons, dropout, learning_rate)
-    # Keras Dense weights are (kernel [in, out], bias [out]): the batch's, minus the model axis.
-    model.set_weights([np.asarray(w[m]) for w in weights])
-    return model
-
-
 MLP_DEFAULT = {"learning_rate": 0.001, "dropout": 0.2, "neurons": 64, "batch_size": 32,
                "epochs": 100}
 SEED_GRID = {"learning_rate": [0.001, 0.01], "dropout": [0.2, 0.3], "neurons": [64, 128],
              "batch_size": [16, 32], "epochs": [50, 100]}
+QUICK_GRID = {"learning_rate": [0.001, 0.01], "dropout": [0.2], "neurons": [64],
+              "batch_size": [32], "epochs": [5]}  # smoke runs (QUICK): two configurations
+# Training steps Keras runs per call into TensorFlow (compile's steps_per_execution). On a few
+# hundred rows a step is microseconds of arithmetic, so the per-call overhead dominates.
+STEPS_PER_EXECUTION = 512
 
 
-def expand_grid(grid: dict) -> list:
-    """All combinations of a parameter grid, as a list of config dicts (sklearn's order)."""
-    from sklearn.model_selection import ParameterGrid
+def build_mlp(n_features, neurons=64, dropout=0.2, learning_rate=1e-3, seed=42,
+              steps_per_execution=1):
+    """The seed network, compiled: Dense(neurons, ReLU) → Dropout → Dense(neurons/2, ReLU) →
+    Dropout → Dense(1), trained with Adam on the mean squared error. Every random layer gets
+    its own seed, so the same arguments give the same network in any process or thread."""
+    import keras
 
-    return [dict(sorted(p.items())) for p in ParameterGrid(grid)]
+    def dense(units, i, **kwargs):
+        return keras.layers.Dense(units, **kwargs,
+                                  kernel_initializer=keras.initializers.GlorotUniform(seed + i))
 
-
-def fold_arrays(df: pd.DataFrame, feature_set: str, splits):
-    """Per split, X and standardized y fitted on its training rows only, masks and y (mean, std)."""
-    X_df, y = df[feature_columns(feature_set)], log_streams(df)
-    Xs, ys, train, val, stats = [], [], [], [], []
-    for tr, va in splits:
-        pre = make_preprocessor(feature_set).fit(X_df.iloc[tr])
-        mu, sd = y[tr].mean(), y[tr].std()
-        Xs.append(pre.transform(X_df))
-        ys.append((y - mu) / sd)
-        train.append(np.isin(np.arange(len(df)), tr))
-        val.append(np.isin(np.arange(len(df)), va))
-        stats.append((mu, sd))
-    return np.stack(Xs), np.stack(ys), np.stack(train), np.stack(val), np.array(stats)
-
-
-class Progress:
-    """Prints progress as a line of milestones ('epoch 10/100 ...') without timings."""
-
-    def __init__(self, label: str, total: int, every: int = 10):
-        self.total, self.every, self.count = total, max(1, every), 0
-        print(label, end=": ", flush=True)
-
-    def step(self, n: int = 1) -> None:
-        before, self.count = self.count, self.count + n
-        if self.count // self.every > before // self.every or self.count == self.total:
-            print(f"{self.count}/{self.total}", end=" " if self.count < self.total else "\n",
-                  flush=True)
+    model = keras.Sequential([
+        keras.Input(shape=(n_features,)),
+        dense(neurons, 1, activation="relu"),
+        keras.layers.Dropout(dropout, seed=seed + 2),
+        dense(neurons // 2, 3, activation="relu"),
+        keras.layers.Dropout(dropout, seed=seed + 4),
+        dense(1, 5),
+    ])
+    # jit_compile=False: XLA compiles every new model for seconds, more than a network this
+    # small ever gains from it (measured, see README "Performance").
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="mse",
+                  steps_per_execution=steps_per_execution, jit_compile=False)
+    return model
 
 
-@dataclass
-class MLPCV:
-    """Cross-validation of MLP configurations: metrics per fold, mean loss curves and
-    validation predictions ([splits, rows], NaN off-fold) per configuration index."""
-
-    per_fold: pd.DataFrame
-    curves: dict
-    predictions: dict
+_TRAINERS = {}  # per process: one compiled Keras model per (inputs, neurons, dropout)
+# scikeras seeds TensorFlow's process-wide generator around a fit: fits in two threads of one
+# process (Dask runs tasks in threads) would reseed each other. One at a time per process.
+_FIT_LOCK = threading.Lock()
 
 
-def cross_validate_mlp(df, feature_set, splits, configs=(MLP_DEFAULT,), seed=42, label="MLP"):
-    """Cross-validate MLP configurations on all splits at once with the fast training path."""
-    X, y, train, val, stats = fold_arrays(df, feature_set, splits)
-    y_log = log_streams(df)
-    configs = [dict(c) for c in configs]
-    groups = {}
-    for i, c in enumerate(configs):  # one batch of models per (width, batch size)
-        groups.setdefault((c["neurons"], c["batch_size"]), []).append(i)
-    n_splits = len(splits)
-    total_epochs = sum(max(configs[i]["epochs"] for i in g) for g in groups.values())
-    progress = Progress(f"{label}: {len(configs)} config(s) × {n_splits} folds, epochs",
-                        total_epochs, every=max(1, total_epochs // 10))
-    rows, curves, predictions = [], {}, {}
-    for (neurons, batch_size), members in groups.items():
-        # Configurations that differ only in epochs share one training run (read at snapshots).
-        runs = sorted({(configs[i]["learning_rate"], configs[i]["dropout"]) for i in members})
-        epochs = max(configs[i]["epochs"] for i in members)
-        k = len(runs)  # model m trains run m // n_splits on split m % n_splits
-        batch = train_mlp_batch(
-            np.tile(X, (k, 1, 1)), np.tile(y, (k, 1)), np.tile(train, (k, 1)),
-            np.tile(val, (k, 1)), neurons=neurons, batch_size=batch_size, epochs=epochs,
-            learning_rate=np.repeat([r[0] for r in runs], n_splits),
-            dropout=np.repeat([r[1] for r in runs], n_splits), seed=seed,
-            snapshot_epochs=sorted({configs[i]["epochs"] for i in members}),
-            progress=lambda done, _: progress.step())
-        for ci in members:
-            c = configs[ci]
-            first = runs.index((c["learning_rate"], c["dropout"])) * n_splits
-            scaled = batch.predictions[c["epochs"]][first:first + n_splits]
-            predictions[ci] = np.where(val, scaled * stats[:, 1:] + stats[:, :1], np.nan)
-            for fold in range(n_splits):
-                rows.append({"config": ci, **c, "fold": fold, **regression_metrics(
-                    y_log[val[fold]], predictions[ci][fold, val[fold]])})
-            history = {key: batch.history[key][: c["epochs"], first:first + n_splits].mean(axis=1)
-                       for key in ("loss", "val_loss")}
-            epochs_index = pd.RangeIndex(1, c["epochs"] + 1, name="epoch")
-            curves[ci] = pd.DataFrame(history, index=epochs_index)
-    per_fold = pd.DataFrame(rows).sort_values(["config", "fold"], ignore_index=True)
-    return MLPCV(per_fold, curves, predictions)
+def _trainer_for(model, learning_rate):
+    """A compiled copy of `model` whose traced training step is reused across fits (tracing
+    costs ~1.4 s a fit, more than the training itself), set to the fresh model's state:
+    its initial weights and dropout seeds, a new Adam state, the learning rate."""
+    import keras
+
+    layers = model.layers
+    key = (model.input_shape[1], layers[0].units, layers[1].rate)
+    if key not in _TRAINERS:
+        _TRAINERS[key] = build_mlp(*key, steps_per_execution=STEPS_PER_EXECUTION)
+    trainer = _TRAINERS[key]
+    trainer.set_weights(model.get_weights())
+    for mine, fresh in zip(trainer.layers, layers):
+        if isinstance(mine, keras.layers.Dropout) and mine.rate > 0:
+            mine.seed_generator.state.assign(fresh.seed_generator.state)
+    for variable in trainer.optimizer.variables:
+        variable.assign(keras.ops.zeros_like(variable))
+    trainer.optimizer.learning_rate.assign(learning_rate)
+    return trainer
 
 
-def grid_table(per_fold: pd.DataFrame, params=tuple(SEED_GRID)) -> pd.DataFrame:
-    """GridSearchCV-style results: one row per configuration, sorted by mean validation R²."""
-    scores = per_fold.pivot_table(index=list(params), columns="fold", values="r2")
-    scores.columns = [f"split{c}_r2" for c in scores.columns]
-    table = scores.assign(mean_r2=scores.mean(axis=1), std_r2=scores.std(axis=1))
-    mse = per_fold.groupby(list(params))["mse"].mean().rename("mean_mse")
-    table = table.join(mse).sort_values("mean_r2", ascending=False).reset_index()
-    table.insert(0, "rank", np.arange(1, len(table) + 1))
-    return table
+@functools.cache
+def _keras_mlp_class():
+    """Define KerasMLP (see module __getattr__: scikeras imports TensorFlow, which is slow)."""
+    from collections import defaultdict
+
+    import tensorflow as tf
+    from scikeras.wrappers import KerasRegressor
+
+    tf.get_logger().setLevel("ERROR")  # retracing notices would land in notebook outputs
+
+    class KerasMLP(KerasRegressor):
+        """scikeras's KerasRegressor for the seed network (parameters as in build_mlp).
+
+        Without callbacks or a validation split, fit hands Keras's own model.fit one tf.data
+        pipeline that shuffles (anew each epoch), batches and repeats for all epochs: the same
+        training steps without Keras's per-epoch overhead, on a model whose traced training
+        step is reused (_trainer_for). Predictions call the model directly (no tracing).
+        """
+
+        __qualname__ = "KerasMLP"  # picklable by name (loky and Dask workers import helpers)
+
+        def __init__(self, neurons=64, dropout=0.2, learning_rate=1e-3, batch_size=32,
+                     epochs=100, random_state=42, verbose=0, **kwargs):
+            super().__init__(**kwargs)
+            self.neurons, self.dropout, self.learning_rate = neurons, dropout, learning_rate
+            self.batch_size, self.epochs = batch_size, epochs
+            self.random_state, self.verbose = random_state, verbose
+
+        def fit(self, X, y, **kwargs):
+            with _FIT_LOCK:
+                return super().fit(X, y, **kwargs)
+
+        def _keras_build_fn(self, meta):
+            return build_mlp(meta["n_features_in_"], self.neurons, self.dropout,
+                             self.learning_rate, seed=self.random_state)
+
+        def _fit_keras_model(self, X, y, sample_weight, warm_start, epochs, initial_epoch,
+                             **kwargs):
+            if self.callbacks or self.validation_split or kwargs or sample_weight is not None:
+                return super()._fit_keras_model(X, y, sample_weight, warm_start, epochs,
+                                                initial_epoch, **kwargs)
+            import tensorflow as tf
+            from scikeras.utils.random_state import tensorflow_random_state
+
+            trainer = _trainer_for(self.model_, self.learning_rate)
+            with tensorflow_random_state(self.random_state):  # as scikeras seeds its own fit
+                data = (tf.data.Dataset.from_tensor_slices((X.astype("float32"),
+                                                            y.astype("float32")))
+                        .shuffle(len(X), seed=self.random_state, reshuffle_each_iteration=True)
+                        .batch(self.batch_size).repeat(epochs))
+                history = trainer.fit(data, epochs=1, shuffle=False, verbose=0)
+            self.model_.set_weights(trainer.get_weights())  # and the optimizer's state:
+            self.model_.optimizer.build(self.model_.trainable_variables)
+            for mine, trained in zip(self.model_.optimizer.variables, trainer.optimizer.variables):
+                mine.assign(trained)
+            self.history_ = defaultdict(list, history.history)
+
+        def _predict_raw(self, X, **kwargs):
+            X, _ = self._validate_data(X=X, y=None)
+            return self.model_(self.feature_encoder_.transform(X), training=False).numpy()
+
+    return KerasMLP
 
 
-@dataclass
-class FittedMLP:
-    """An MLP trained on a whole training set, with its preprocessing: predicts log10(streams)."""
-
-    feature_set: str
-    config: dict
-    preprocessor: object
-    model: object  # keras.Sequential
-    target_mean: float
-    target_std: float
-    history: pd.DataFrame = None
-
-    def predict(self, df: pd.DataFrame) -> np.ndarray:
-        X = self.preprocessor.transform(df[feature_columns(self.feature_set)]).astype(np.float32)
-        scaled = self.model(X, training=False).numpy().ravel()  # no predict() overhead
-        return scaled * self.target_std + self.target_mean
+def __getattr__(name):
+    """KerasMLP is defined on first access, so `import helpers` stays free of TensorFlow."""
+    if name != "KerasMLP":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _keras_mlp_class()
 
 
-def fit_mlp(train_df: pd.DataFrame, feature_set: str, config=MLP_DEFAULT, seed=42) -> FittedMLP:
-    """Train one MLP configuration on all training rows (fast path) with its preprocessing."""
-    X_df, y = train_df[feature_columns(feature_set)], log_streams(train_df)
-    pre = make_preprocessor(feature_set).fit(X_df)
-    mu, sd = y.mean(), y.std()
-    batch = train_mlp_batch(pre.transform(X_df)[None], ((y - mu) / sd)[None],
-                            np.ones((1, len(y)), bool), neurons=config["neurons"],
-                            batch_size=config["batch_size"], epochs=config["epochs"],
-                            learning_rate=config["learning_rate"], dropout=config["dropout"],
-                            seed=seed)
-    model = mlp_from_weights(batch.weights[config["epochs"]], 0, config["dropout"],
-                             config["learning_rate"])
-    history = pd.DataFrame({"loss": batch.history["loss"][:, 0]},
-                           index=pd.RangeIndex(1, config["epochs"] + 1, name="epoch"))
-    return FittedMLP(feature_set, dict(config), pre, model, float(mu), float(sd), history)
+def make_mlp(feature_set: str, seed=42, **params):
+    """The seed network as a scikit-learn Pipeline: notebook 03's preprocessing → KerasMLP,
+    its target standardized on the training rows (TransformedTargetRegressor)."""
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    mlp = _keras_mlp_class()(**{**MLP_DEFAULT, **params}, random_state=seed)
+    return Pipeline([("prepare", make_preprocessor(feature_set)),
+                     ("mlp", TransformedTargetRegressor(mlp, transformer=StandardScaler()))])
 
 
-def permutation_importance(predict, df: pd.DataFrame, columns, n_repeats=5, seed=42):
-    """Drop in R² (log10 streams) when one column is shuffled, mean and std over repeats."""
-    rng = np.random.default_rng(seed)
-    y = log_streams(df)
-    base = regression_metrics(y, predict(df))["r2"]
-    rows = []
-    for col in columns:
-        drops = []
-        for _ in range(n_repeats):
-            shuffled = df.copy()
-            shuffled[col] = df[col].to_numpy()[rng.permutation(len(df))]
-            drops.append(base - regression_metrics(y, predict(shuffled))["r2"])
-        rows.append({"feature": col, "r2_drop": np.mean(drops), "r2_drop_std": np.std(drops)})
-    return pd.DataFrame(rows).sort_values("r2_drop", ascending=False, ignore_index=True)
+def grid_param(name: str) -> str:
+    """The GridSearchCV parameter name of a KerasMLP knob inside make_mlp's pipeline."""
+    return f"mlp__regressor__{name}"
 
 
-def save_model(fitted: FittedMLP, reference_date, folder) -> Path:
-    """Save a fitted MLP (Keras file) and its preprocessing (joblib) into a folder."""
+@contextlib.contextmanager
+def parallel_backend(scheduler=None):
+    """Where joblib-parallel work (GridSearchCV, cross_validate) runs: local processes, or a
+    Dask cluster if a scheduler address is given (or set in DASK_SCHEDULER_ADDRESS)."""
+    import joblib
+
+    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if not address:
+        yield "local processes"
+        return
+    from dask.distributed import Client
+
+    try:
+        client = Client(address, timeout="20s")
+    except OSError as exc:
+        raise DataError(f"Cannot reach the Dask scheduler at {address} ({exc}). Start it, fix "
+                        "the address, or unset it to run on local processes.") from None
+    with client, joblib.parallel_backend("dask"):
+        yield f"Dask cluster at {address} ({len(client.scheduler_info()['workers'])} workers)"
+
+
+def save_model(pipeline, folder, feature_set: str, songs: pd.DataFrame) -> Path:
+    """Save a fitted make_mlp pipeline (scikeras stores its Keras model with keras.saving)
+    and what predict_streams needs to prepare new rows like the training songs."""
     import joblib
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fitted.model.save(folder / "mlp.keras")
-    extras = {k: getattr(fitted, k) for k in
-              ("feature_set", "config", "preprocessor", "target_mean", "target_std")}
-    joblib.dump({**extras, "reference_date": pd.Timestamp(reference_date)},
-                folder / "preprocessing.joblib")
+    joblib.dump(pipeline, folder / "model.joblib")
+    info = {"feature_set": feature_set,  # a blank key means what it meant in training:
+            "blank_key": "unknown" if (songs["key"] == "unknown").any() else "C",
+            "reference_date": str(songs["release_date"].max().date())}
+    (folder / "model.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return folder
 
 
 def predict_streams(frame: pd.DataFrame, model_dir=None) -> pd.Series:
     """Predicted streams for rows in the raw file's schema, from the model notebook 06 saved."""
     import joblib
-    import keras
 
     if model_dir is not None:
         candidates = [Path(model_dir)]
     else:  # the notebooks' default output, then the main job's (`make run`)
         candidates = [resolve_run().models_dir / "final", BUILD_DIR / "run" / "models" / "final"]
-    folder = next((c for c in candidates if (c / "mlp.keras").is_file()), None)
+    folder = next((c for c in candidates if (c / "model.joblib").is_file()), None)
     if folder is None:
         raise DataError(f"No saved model in {' or '.join(map(str, candidates))}. Run notebook "
                         "06_results first (or the series with `make run`), or pass model_dir=.")
     if not isinstance(frame, pd.DataFrame) or frame.empty:
         raise DataError("predict_streams needs a non-empty DataFrame with the CSV's columns.")
-    saved = joblib.load(folder / "preprocessing.joblib")
-    rows = prepare_rows(frame, saved["reference_date"], saved["feature_set"])
-    fitted = FittedMLP(saved["feature_set"], saved["config"], saved["preprocessor"],
-                       keras.models.load_model(folder / "mlp.keras", compile=False),
-                       saved["target_mean"],
-                       saved["target_std"])
-    return pd.Series(10 ** fitted.predict(rows), index=frame.index, name="predicted_streams")
+    info = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    rows = prepare_rows(frame, info)
+    pipeline = joblib.load(folder / "model.joblib")
+    log10 = pipeline.predict(rows[feature_columns(info["feature_set"])])
+    return pd.Series(10 ** log10, index=frame.index, name="predicted_streams")
 
 
-def prepare_rows(frame: pd.DataFrame, reference_date, feature_set: str) -> pd.DataFrame:
-    """Model inputs for new rows (raw schema, no target needed), parsed as clean() does."""
-    inputs = feature_columns(feature_set)
+def prepare_rows(frame: pd.DataFrame, info: dict) -> pd.DataFrame:
+    """Model inputs for new rows (raw schema, no target needed), parsed as clean() parses."""
+    inputs = feature_columns(info["feature_set"])
     needed = [c for c in REQUIRED_COLUMNS if c in inputs or c in DATE_COLUMNS]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise DataError(f"Rows lack column(s) the model needs: {', '.join(missing)}.")
-    df = frame.copy()
-    for col in [c for c in needed if c in NUMERIC_COLUMNS]:
-        parsed = parse_numbers(df[col].astype("str").where(df[col].notna()))
-        bad = parsed.isna() & df[col].notna()
-        if bad.any() or (parsed.isna().any() and col != "in_shazam_charts"):
-            example = df.loc[bad | parsed.isna(), col].iloc[0]
-            raise DataError(f"Column '{col}' has a missing or non-numeric value ({example!r}).")
-        df[col] = parsed
-    df["key"] = pd.Categorical(df["key"].fillna("C"), categories=[*KEYS, "unknown"])
-    df["mode"] = pd.Categorical(df["mode"], categories=MODES)
+    df, bad = parse_fields(frame[needed], info["blank_key"])
+    for col in needed:
+        unusable = bad[col] | (df[col].isna() if col != "in_shazam_charts" else False)
+        if unusable.any():
+            raise DataError(f"Column '{col}' has a missing or invalid value "
+                            f"({frame.loc[unusable, col].iloc[0]!r}) in {int(unusable.sum())} "
+                            "row(s); fix those rows (clean() would reject them too).")
     df["release_date"] = release_dates(df)
     if df["release_date"].isna().any():
         raise DataError("Some rows have an impossible release date (year/month/day).")
-    df["days_since_release"] = (pd.Timestamp(reference_date) - df["release_date"]).dt.days.clip(0)
-    return add_features(df)
+    reference = pd.Timestamp(info["reference_date"])
+    df["days_since_release"] = (reference - df["release_date"]).dt.days.clip(0)
+    return add_features(typed_categories(df))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1190,7 +911,7 @@ def knob_effects(table: pd.DataFrame, params=tuple(SEED_GRID)) -> pd.DataFrame:
     """For each hyperparameter: mean CV R² at each of its values, and the spread between them."""
     rows = []
     for p in params:
-        means = table.groupby(p)["mean_r2"].mean()
+        means = table.groupby(p)["mean_test_score"].mean()
         rows.append({"knob": p, "values": " / ".join(f"{v:g}" for v in means.index),
                      "mean R² at each": " / ".join(f"{m:.3f}" for m in means),
                      "effect": means.max() - means.min(), "best value": f"{means.idxmax():g}"})
@@ -1205,7 +926,7 @@ def plot_knob_effects(table: pd.DataFrame, params=tuple(SEED_GRID)):
     for ax, p in zip(axes, params):
         values = sorted(table[p].unique())
         for i, v in enumerate(values):
-            scores = table.loc[table[p] == v, "mean_r2"]
+            scores = table.loc[table[p] == v, "mean_test_score"]
             ax.scatter(np.full(len(scores), i), scores, s=12, alpha=0.6)
             ax.hlines(scores.mean(), i - 0.3, i + 0.3, color="black")
         ax.set_xticks(range(len(values)), [str(v) for v in values])
@@ -1223,7 +944,7 @@ def plot_interactions(table: pd.DataFrame, pairs):
 
     fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3))
     for ax, (a, b) in zip(np.atleast_1d(axes), pairs):
-        grid = table.pivot_table(index=a, columns=b, values="mean_r2", aggfunc="mean")
+        grid = table.pivot_table(index=a, columns=b, values="mean_test_score", aggfunc="mean")
         sns.heatmap(grid, annot=True, fmt=".3f", cmap="viridis", cbar=False, ax=ax)
     fig.tight_layout()
     return fig

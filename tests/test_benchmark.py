@@ -11,8 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = {"naive_fit_s": 12.0, "fast_fit_s": 3.0, "fast_fit_cold_s": 5.12345,
-           "grid_s": 48.0, "grid_cold_s": 60.0, "grid_per_fit_s": 0.3,
-           "series_s": 200.0, "peak_memory_mb": 1000.0}
+           "naive_grid_s": 1920.0, "grid_s": 48.0, "grid_cold_s": 60.0, "grid_per_fit_s": 0.3,
+           "series_s": 300.0, "peak_memory_mb": 1000.0}
 
 
 def load_script(name: str):
@@ -40,9 +40,14 @@ def stubbed(bench, monkeypatch):
         monkeypatch.setattr(bench, name, measure)
 
     monkeypatch.setattr(bench, "load_train", lambda: (None, "stub.csv (10 cleaned rows)"))
-    stub("measure_fits", ["naive_fit_s", "fast_fit_s", "fast_fit_cold_s"])
+    stub("measure_fits", ["naive_fit_s", "fast_fit_s", "fast_fit_cold_s", "naive_grid_s"])
     stub("measure_grid", ["grid_s", "grid_cold_s", "grid_per_fit_s"])
     stub("measure_series", ["series_s", "peak_memory_mb"])
+
+    def scaling(sizes):
+        ran.append("measure_scaling")
+        return {str(n): n / 100 for n in sizes}
+    monkeypatch.setattr(bench, "measure_scaling", scaling)
     return bench, ran
 
 
@@ -51,19 +56,24 @@ def test_output_option_writes_documented_layout(stubbed, tmp_path, capsys):
     out = tmp_path / "sub" / "bench.json"
     assert bench.main(["--output", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert set(report) == {"machine", "date", "data", "load_average", "figures", "goals"}
+    assert set(report) == {"machine", "date", "data", "load_average", "figures", "goals",
+                           "scaling_quick_series_s"}
     assert list(report["figures"]) == bench.FIGURES
-    assert report["goals"] == {"grid_s": 60, "series_s": 180, "peak_memory_mb": 2048}
+    assert report["goals"] == {"grid_s": 60, "series_s": 240, "peak_memory_mb": 2048,
+                               "speedup_single": 10, "speedup_grid": 25}
+    assert report["scaling_quick_series_s"] == {"1000": 10.0, "5000": 50.0, "20000": 200.0}
     assert report["figures"]["speedup_single"] == 4.0
     assert report["figures"]["speedup_grid"] == 40.0
     assert report["figures"]["fast_fit_cold_s"] == 5.123  # rounded to 3 decimals
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", report["date"])
     assert len(report["load_average"]) == 2
     assert report["data"].startswith("stub.csv")
-    assert ran == ["measure_fits", "measure_grid", "measure_series"]
+    assert ran == ["measure_fits", "measure_grid", "measure_series", "measure_scaling"]
     table = capsys.readouterr().out
-    assert re.search(r"series_s\s+200.0\s+<= 180\s+over goal", table)
+    assert re.search(r"series_s\s+300.0\s+<= 240\s+goal missed", table)
     assert re.search(r"grid_s\s+48.0\s+<= 60\s+ok", table)
+    assert re.search(r"speedup_single\s+4.0\s+>= 10\s+goal missed", table)
+    assert re.search(r"speedup_grid\s+40.0\s+>= 25\s+ok", table)
 
 
 def test_skip_series(stubbed, tmp_path):
@@ -71,7 +81,7 @@ def test_skip_series(stubbed, tmp_path):
     out = tmp_path / "bench.json"
     bench.main(["--output", str(out), "--skip-series"])
     figures = json.loads(out.read_text())["figures"]
-    assert "measure_series" not in ran
+    assert "measure_series" not in ran and "measure_scaling" not in ran
     assert figures["series_s"] is None and figures["peak_memory_mb"] is None
     assert figures["grid_s"] == 48.0
 
@@ -80,7 +90,9 @@ def test_report_feeds_the_readme_generator(bench):
     report = bench.build_report(FIGURES, "stub.csv", [0.5, 0.7], "2-core X", "2024-01-01")
     block = load_script("update_readme").performance_block(report)
     assert "2-core X (2024-01-01)" in block
-    assert "| 200 s | ≤ 180 s |" in block
+    assert "| 300 s | ≤ 240 s |" in block
+    old = load_script("update_readme").performance_block({**report, "figures": {"grid_s": 20}})
+    assert "| 20 s | ≤ 60 s |" in old and "| not measured | ≤ 240 s |" in old
 
 
 def test_machine_string(bench):

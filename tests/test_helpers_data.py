@@ -1,6 +1,7 @@
 """Unit tests for the data layer of helpers.py: every quirk of the file and every bad input."""
 
 import hashlib
+import importlib.util
 
 import numpy as np
 import pandas as pd
@@ -9,6 +10,7 @@ import pytest
 import helpers
 from helpers import DataError, clean, load_raw
 
+SAMPLE_SCRIPT = helpers.ROOT / "scripts" / "synthetic_sample.py"
 HEADER = ",".join(f'"{c}"' if "," in c else c for c in helpers.REQUIRED_COLUMNS)
 
 
@@ -235,7 +237,10 @@ def test_load_clean_names_the_notebook_to_run(tmp_path):
 # --- the synthetic sample ------------------------------------------------------------------------
 
 def test_committed_sample_is_what_the_generator_makes():
-    assert helpers.SAMPLE_DATA.read_bytes() == helpers.make_synthetic_sample()
+    spec = importlib.util.spec_from_file_location("synthetic_sample", SAMPLE_SCRIPT)
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert helpers.SAMPLE_DATA.read_bytes() == generator.make_synthetic_sample()
 
 
 def test_sample_has_every_quirk_of_the_real_file(sample_clean):

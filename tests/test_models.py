@@ -15,13 +15,15 @@ def songs():
     return helpers.add_features(helpers.clean(helpers.load_raw(helpers.SAMPLE_DATA)).data)
 
 
+TINY = {"neurons": 8, "batch_size": 64, "epochs": 2}
+
+
 @pytest.fixture(scope="module")
 def saved_model(songs, tmp_path_factory):
     """A tiny final model (2 epochs) saved the way notebook 06 saves it."""
-    config = {**helpers.MLP_DEFAULT, "epochs": 2}
-    fitted = helpers.fit_mlp(songs, "full", config, seed=1)
-    return helpers.save_model(fitted, songs["release_date"].max(),
-                              tmp_path_factory.mktemp("model"))
+    fitted = helpers.make_mlp("full", seed=1, **TINY).fit(songs[helpers.feature_columns("full")],
+                                                          helpers.log_streams(songs))
+    return helpers.save_model(fitted, tmp_path_factory.mktemp("model"), "full", songs)
 
 
 # --- features ------------------------------------------------------------------------------------
@@ -84,22 +86,24 @@ def test_regression_metrics_known_values():
     assert m["median_factor"] == pytest.approx(1.0)
 
 
-def test_fold_arrays_fit_preprocessing_on_training_rows_only(songs):
-    splits = helpers.cv_splits(songs, seed=0, n_repeats=1)
-    X, y, train, val, stats = helpers.fold_arrays(songs, "audio", splits)
-    tr, va = splits[0]
-    assert train[0].sum() == len(tr) and val[0].sum() == len(va) and not (train[0] & val[0]).any()
-    assert stats[0][0] == pytest.approx(helpers.log_streams(songs)[tr].mean())
-    bpm = list(helpers.make_preprocessor("audio").fit(songs.iloc[tr][helpers.feature_columns(
-        "audio")]).get_feature_names_out()).index("bpm")
-    assert abs(X[0][tr, bpm].mean()) < 1e-9 and abs(X[0][va, bpm].mean()) > 1e-6
-
-
 def test_cross_validate_mean_model_scores_about_zero(songs):
     splits = helpers.cv_splits(songs, seed=0, n_repeats=1)
-    folds = helpers.cross_validate(lambda fs: helpers.make_baseline("mean", fs), songs, "full",
-                                   splits)
+    folds = helpers.cross_validate_model(helpers.make_baseline("mean", "full"), songs, "full",
+                                         splits)
     assert len(folds) == 5 and (folds["r2"] <= 0.01).all()
+    assert (folds[["mse", "mae"]] > 0).all().all() and (folds["median_factor"] > 1).all()
+
+
+def test_cross_validate_model_matches_regression_metrics(songs):
+    """The sign-flipped scikit-learn scorers give the metrics of regression_metrics."""
+    splits = helpers.cv_splits(songs, seed=0, n_repeats=1)[:1]
+    folds = helpers.cross_validate_model(helpers.make_baseline("linear", "audio"), songs, "audio",
+                                         splits)
+    tr, va = splits[0]
+    X, y = songs[helpers.feature_columns("audio")], helpers.log_streams(songs)
+    pred = helpers.make_baseline("linear", "audio").fit(X.iloc[tr], y[tr]).predict(X.iloc[va])
+    expected = helpers.regression_metrics(y[va], pred)
+    assert folds.iloc[0][list(expected)].to_dict() == pytest.approx(expected, rel=1e-12)
 
 
 def test_unknown_baseline_is_named():
@@ -107,28 +111,14 @@ def test_unknown_baseline_is_named():
         helpers.make_baseline("forest", "full")
 
 
-def test_grid_helpers(songs):
-    configs = helpers.expand_grid(helpers.SEED_GRID)
-    assert len(configs) == 32 and len({tuple(c.items()) for c in configs}) == 32
-    splits = helpers.cv_splits(songs, seed=0, n_repeats=1)
-    grid = {**helpers.SEED_GRID, "epochs": [1, 2], "neurons": [8], "batch_size": [64]}
-    cv = helpers.cross_validate_mlp(songs, "audio", splits, helpers.expand_grid(grid), seed=0)
-    table = helpers.grid_table(cv.per_fold)
-    assert len(table) == 8 and list(table["rank"]) == list(range(1, 9))
-    assert table["mean_r2"].is_monotonic_decreasing
+def test_knob_effects_on_a_search_table():
+    table = pd.DataFrame([{**dict(zip(helpers.SEED_GRID, values)), "mean_test_score": score}
+                          for values, score in [((0.001, 0.2, 64, 16, 50), 0.5),
+                                                ((0.01, 0.2, 64, 16, 50), 0.3)]])
     effects = helpers.knob_effects(table)
     assert set(effects.index) == set(helpers.SEED_GRID)
+    assert effects.loc["learning_rate", "effect"] == pytest.approx(0.2)
     assert effects.loc["neurons", "effect"] == 0  # a single value has no effect
-
-
-def test_mlp_cv_epoch_snapshots_match_separate_runs(songs):
-    splits = helpers.cv_splits(songs, seed=0, n_repeats=1)[:2]
-    base = {**helpers.MLP_DEFAULT, "neurons": 8, "batch_size": 64}
-    both = helpers.cross_validate_mlp(songs, "audio", splits, [{**base, "epochs": 2},
-                                                               {**base, "epochs": 4}])
-    alone = helpers.cross_validate_mlp(songs, "audio", splits, [{**base, "epochs": 2}])
-    np.testing.assert_array_equal(both.predictions[0], alone.predictions[0])
-    assert len(both.curves[1]) == 4
 
 
 def test_save_metrics_writes_rounded_json(tmp_path):
@@ -142,24 +132,30 @@ def test_save_metrics_writes_rounded_json(tmp_path):
         helpers.load_metrics(run, "98_missing")
 
 
-def test_permutation_importance_finds_the_only_useful_column(songs):
-    def predict(d):  # a "model" that uses playlists only
-        return np.log10(d["in_spotify_playlists"] + 1) * 0.7
-
-    imp = helpers.permutation_importance(predict, songs, ["in_spotify_playlists", "bpm"],
-                                         n_repeats=2)
-    assert imp.iloc[0]["feature"] == "in_spotify_playlists"
-    assert imp.set_index("feature").loc["bpm", "r2_drop"] == 0
-
-
 # --- the saved model ----------------------------------------------------------------------------
 
 def test_predict_streams_round_trip(songs, saved_model):
     rows = songs.head(5)
     predicted = helpers.predict_streams(rows, saved_model)
     assert predicted.index.equals(rows.index) and (predicted > 0).all()
-    fitted_again = helpers.fit_mlp(songs, "full", {**helpers.MLP_DEFAULT, "epochs": 2}, seed=1)
-    np.testing.assert_allclose(np.log10(predicted), fitted_again.predict(rows), rtol=1e-5)
+    fitted_again = helpers.make_mlp("full", seed=1, **TINY).fit(
+        songs[helpers.feature_columns("full")], helpers.log_streams(songs))
+    np.testing.assert_array_equal(np.log10(predicted).to_numpy(dtype="float32"),
+                                  fitted_again.predict(rows[helpers.feature_columns("full")]))
+
+
+def test_saved_model_records_how_to_read_new_rows(saved_model, songs):
+    info = json.loads((saved_model / "model.json").read_text())
+    assert info == {"feature_set": "full", "blank_key": "C",
+                    "reference_date": str(songs["release_date"].max().date())}
+
+
+def test_predict_streams_reads_a_blank_key_as_training_did(songs, saved_model):
+    """One parsing routine: a blank key is what clean() made of blanks (here C)."""
+    raw = helpers.load_raw(helpers.SAMPLE_DATA).iloc[20:30]
+    blank, as_c = raw.assign(key=None), raw.assign(key="C")
+    pd.testing.assert_series_equal(helpers.predict_streams(blank, saved_model),
+                                   helpers.predict_streams(as_c, saved_model))
 
 
 def test_predict_streams_accepts_raw_text_rows(songs, saved_model):
@@ -171,6 +167,9 @@ def test_predict_streams_accepts_raw_text_rows(songs, saved_model):
     (lambda d: d.drop(columns=["bpm"]), "lack column.*bpm"),
     (lambda d: d.assign(bpm="fast"), "'bpm'.*'fast'"),
     (lambda d: d.assign(released_month=13), "impossible release date"),
+    (lambda d: d.assign(key="H"), "'key'.*'H'"),
+    (lambda d: d.assign(mode="Dorian"), "'mode'.*'Dorian'"),
+    (lambda d: d.assign(mode=None), "'mode'"),
     (lambda d: d.iloc[:0], "non-empty"),
 ])
 def test_predict_streams_bad_input(songs, saved_model, change, message):
