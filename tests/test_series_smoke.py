@@ -47,7 +47,7 @@ def test_series_runs_end_to_end(two_runs):
         assert (out / "metrics" / f"{name}.json").is_file(), name
     headline = json.loads((out / "metrics" / "06_results.json").read_text())["headline"]
     assert {row["feature_set"] for row in headline} == {"audio", "pre-release", "full"}
-    assert (out / "models" / "final" / "mlp.keras").is_file()
+    assert {p.name for p in (out / "models" / "final").iterdir()} == {"model.joblib", "model.json"}
     assert "SYNTHETIC" in proc.stdout
 
 
