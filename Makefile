@@ -15,13 +15,14 @@ OUT    ?= build/run
 RUN_ARGS = $(if $(DATA),--data "$(DATA)") --output "$(OUT)"
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run quick test refresh-notebooks readme bench drift lab clean
+.PHONY: help venv run quick test test-fast refresh-notebooks readme bench drift lab clean
 
 help:
 	@echo "make venv               create/refresh .venv (pinned requirements + editable helpers)"
 	@echo "make run                run all notebooks -> $(OUT)/ (options: DATA=file.csv OUT=dir)"
 	@echo "make quick              same as run, fast smoke settings (--quick)"
 	@echo "make test               ruff check + pytest (unit tests and nbval on notebooks/)"
+	@echo "make test-fast          development tier: ruff + unit tests (no nbval, no smoke run)"
 	@echo "make refresh-notebooks  maintainer: re-execute notebooks/ in place on the real data file"
 	@echo "make readme             regenerate the README's results and performance tables"
 	@echo "make bench              measure speed and memory (writes reports/benchmark.json)"
@@ -49,6 +50,11 @@ test: venv
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
 
+# Not a substitute for `make test`: the committed notebooks are not re-executed here.
+test-fast: venv
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest tests --ignore=tests/test_series_smoke.py
+
 # Refuses (exit 2, with instructions) unless data/spotify-2023.csv has the real sha256.
 refresh-notebooks: venv
 	$(BIN)/python scripts/run_series.py --refresh --output "$(OUT)"
@@ -61,7 +67,7 @@ bench: venv
 	$(BIN)/python scripts/benchmark.py
 	$(BIN)/python scripts/update_readme.py
 
-# Runs the series 4 times (native, XLA targets AVX and SSE4_2, another seed) into build/drift/;
+# Runs the series 4 times (native, oneDNN capped at AVX and SSE41, another seed) into build/drift/;
 # the measured drift sets the tolerances of the test session (tests/contract.py).
 # DRIFT_ARGS=--reuse keeps finished runs.
 drift: venv

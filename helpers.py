@@ -21,6 +21,11 @@ from pathlib import Path
 # notebook outputs and break nbval comparisons) and keep oneDNN off, so numbers match everywhere.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# TensorFlow's matrix products still run on oneDNN's sgemm, which picks its kernel by the CPU's
+# instruction set (AVX-512 machines sum in another order than AVX2 ones). Capping it at AVX2
+# gives AVX-512 CPUs the kernel of an AVX2 CPU (this machine: identical numbers with the cap);
+# older CPUs keep theirs. Read once, before the first matrix product.
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 # Tiny matmuls: XLA's multi-threaded Eigen loses more to thread hand-offs than it gains on two
 # cores (~1.4x slower, measured). XLA reads the flag at its first compile.
 if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
@@ -206,7 +211,8 @@ def describe_columns(raw: pd.DataFrame) -> pd.DataFrame:
         bad = values[as_number.isna()]
         rows.append({"column": col, "missing": int(raw[col].isna().sum()),
                      "numeric": int(as_number.notna().sum()), "not numeric": len(bad),
-                     "example not numeric": bad.iloc[0][:40] if len(bad) else ""})
+                     "example not numeric": (bad.iloc[0][:40] if len(bad) and col not in
+                                             NAME_COLUMNS else "")})  # no song names shown
     return pd.DataFrame(rows).set_index("column")
 
 
@@ -496,18 +502,27 @@ def regression_metrics(y_true, y_pred) -> dict:
             "median_factor": median_factor(y_true, y_pred)}
 
 
-def cross_validate_model(model, df: pd.DataFrame, feature_set: str, splits, n_jobs=1):
-    """scikit-learn's cross_validate of a fresh copy of `model` per split; one row per fold."""
-    from sklearn.metrics import make_scorer
+def fold_predictions(model, df: pd.DataFrame, feature_set: str, splits, n_jobs=1) -> list:
+    """scikit-learn's cross_validate of a fresh copy of `model` per split; each fitted copy's
+    predictions for the rows it did not see (log10 streams), one array per split."""
     from sklearn.model_selection import cross_validate
 
-    scoring = {"r2": "r2", "mse": "neg_mean_squared_error", "mae": "neg_mean_absolute_error",
-               "median_factor": make_scorer(median_factor, greater_is_better=False)}
-    scores = cross_validate(model, df[feature_columns(feature_set)], log_streams(df), cv=splits,
-                            scoring=scoring, n_jobs=n_jobs)
-    signs = {"r2": 1, "mse": -1, "mae": -1, "median_factor": -1}  # scorers maximize
-    return pd.DataFrame({"fold": range(len(splits)),
-                         **{m: s * scores[f"test_{m}"] for m, s in signs.items()}})
+    X = df[feature_columns(feature_set)]
+    fitted = cross_validate(model, X, log_streams(df), cv=splits, scoring="r2",
+                            return_estimator=True, n_jobs=n_jobs)["estimator"]
+    return [estimator.predict(X.iloc[rows]) for estimator, (_, rows) in zip(fitted, splits)]
+
+
+def fold_scores(df: pd.DataFrame, splits, predictions) -> pd.DataFrame:
+    """regression_metrics of each split's held-out predictions; one row per fold."""
+    y = log_streams(df)
+    return pd.DataFrame([{"fold": i, **regression_metrics(y[rows], p)}
+                         for i, ((_, rows), p) in enumerate(zip(splits, predictions))])
+
+
+def cross_validate_model(model, df: pd.DataFrame, feature_set: str, splits, n_jobs=1):
+    """Cross-validated scores of `model` (fold_predictions → fold_scores); one row per fold."""
+    return fold_scores(df, splits, fold_predictions(model, df, feature_set, splits, n_jobs))
 
 
 def summarize_cv(per_fold: pd.DataFrame, by=("model", "feature_set")) -> pd.DataFrame:
@@ -640,10 +655,11 @@ def _keras_mlp_class():
     class KerasMLP(KerasRegressor):
         """scikeras's KerasRegressor for the seed network (parameters as in build_mlp).
 
-        Without callbacks or a validation split, fit hands Keras's own model.fit one tf.data
-        pipeline that shuffles (anew each epoch), batches and repeats for all epochs: the same
-        training steps without Keras's per-epoch overhead, on a model whose traced training
-        step is reused (_trainer_for). Predictions call the model directly (no tracing).
+        fit hands Keras's own model.fit a tf.data pipeline that shuffles (anew each epoch),
+        batches and repeats, on a model whose traced training step is reused (_trainer_for).
+        Without callbacks or a validation split all epochs run as one (no per-epoch overhead);
+        with them, Keras's epochs, validation on the last rows and callbacks work as usual.
+        Predictions call the model directly (no tracing).
         """
 
         __qualname__ = "KerasMLP"  # picklable by name (loky and Dask workers import helpers)
@@ -665,19 +681,26 @@ def _keras_mlp_class():
 
         def _fit_keras_model(self, X, y, sample_weight, warm_start, epochs, initial_epoch,
                              **kwargs):
-            if self.callbacks or self.validation_split or kwargs or sample_weight is not None:
+            if kwargs or sample_weight is not None:
                 return super()._fit_keras_model(X, y, sample_weight, warm_start, epochs,
                                                 initial_epoch, **kwargs)
             import tensorflow as tf
             from scikeras.utils.random_state import tensorflow_random_state
 
+            n_fit = int(len(X) * (1 - (self.validation_split or 0)))  # Keras's split: last rows
+            X, y = X.astype("float32"), y.astype("float32")
+            val = (X[n_fit:], y[n_fit:]) if n_fit < len(X) else None
             trainer = _trainer_for(self.model_, self.learning_rate)
             with tensorflow_random_state(self.random_state):  # as scikeras seeds its own fit
-                data = (tf.data.Dataset.from_tensor_slices((X.astype("float32"),
-                                                            y.astype("float32")))
-                        .shuffle(len(X), seed=self.random_state, reshuffle_each_iteration=True)
-                        .batch(self.batch_size).repeat(epochs))
-                history = trainer.fit(data, epochs=1, shuffle=False, verbose=0)
+                data = (tf.data.Dataset.from_tensor_slices((X[:n_fit], y[:n_fit]))
+                        .shuffle(n_fit, seed=self.random_state, reshuffle_each_iteration=True)
+                        .batch(self.batch_size))
+                if val is None and not self.callbacks:  # no per-epoch work: one long epoch
+                    history = trainer.fit(data.repeat(epochs), epochs=1, shuffle=False,
+                                          verbose=0)
+                else:  # Keras's epochs: a fresh pass (a new shuffle) over `data` each
+                    history = trainer.fit(data, epochs=epochs, shuffle=False, verbose=0,
+                                          validation_data=val, callbacks=self._fit_callbacks)
             self.model_.set_weights(trainer.get_weights())  # and the optimizer's state:
             self.model_.optimizer.build(self.model_.trainable_variables)
             for mine, trained in zip(self.model_.optimizer.variables, trainer.optimizer.variables):

@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """Measure how much TensorFlow's results drift between CPUs; write reports/drift.json.
 
-    python scripts/measure_drift.py [--reuse] [--labels native,AVX,SSE4_2,seed43]
+    python scripts/measure_drift.py [--reuse] [--labels native,AVX,SSE41,seed43]
                                     [--out build/drift] [--update-tolerances]
 
 Maintainer tool (`make drift`). Runs the whole series (scripts/run_series.py) on the real data
 file, sequentially, into build/drift/<label>/ (log: build/drift/<label>.log):
 
-  native   this CPU as it is (no xla_cpu_max_isa flag; AVX2+FMA on the reference machine)
-  AVX      XLA_FLAGS=--xla_cpu_max_isa=AVX     (emulates an older CPU: no AVX2/FMA)
-  SSE4_2   XLA_FLAGS=--xla_cpu_max_isa=SSE4_2  (emulates a much older CPU)
+  native   this CPU as the project runs it (helpers.py caps oneDNN at AVX2)
+  AVX      ONEDNN_MAX_CPU_ISA=AVX    (TF's matrix products as on an older CPU: no AVX2/FMA)
+  SSE41    ONEDNN_MAX_CPU_ISA=SSE41  (as on a much older CPU)
   seed43   native, SEED 43: what a real change of the results looks like
+
+TensorFlow's matrix products run on oneDNN's sgemm, which picks its kernel (and so its order of
+summation) by the CPU's instruction set; capping it emulates another CPU on this one. (XLA's
+--xla_cpu_max_isa changes nothing: the Keras path trains without XLA.)
 
 Then compares every emulated run with native under the rules of tests/contract.py: per metric
 category the largest deviation of a TF-derived value (relative for median_factor), the image
@@ -43,10 +47,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 import contract  # noqa: E402  (tests/contract.py: the rules and the tolerance derivation)
 
 DATA = ROOT / "data" / "spotify-2023.csv"
-RUNS = {  # label -> (xla_cpu_max_isa or None for native, seed)
+RUNS = {  # label -> (ONEDNN_MAX_CPU_ISA or None for native, seed)
     "native": (None, 42),
     "AVX": ("AVX", 42),
-    "SSE4_2": ("SSE4_2", 42),
+    "SSE41": ("SSE41", 42),
     "seed43": (None, 43),
 }
 REFERENCE, OTHER_SEED = "native", "seed43"
@@ -80,13 +84,13 @@ def parse_args(argv):
 # ------------------------------------------------------------------------------------------
 
 
-def xla_flags(isa: str | None) -> str:
-    """The caller's XLA_FLAGS without any xla_cpu_max_isa, plus ours (helpers.py appends its
-    own flag to whatever it finds)."""
-    flags = re.sub(r"--xla_cpu_max_isa=\S*", "", os.environ.get("XLA_FLAGS", "")).split()
+def cpu_env(isa: str | None) -> dict:
+    """The environment of a run: ONEDNN_MAX_CPU_ISA=isa, or unset for native (helpers.py then
+    applies the project's own cap)."""
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
     if isa:
-        flags.append(f"--xla_cpu_max_isa={isa}")
-    return " ".join(flags)
+        env["ONEDNN_MAX_CPU_ISA"] = isa
+    return env
 
 
 def finished(folder: Path) -> bool:
@@ -99,14 +103,14 @@ def run_one(label: str, out: Path, number: int, total: int, tree: Path = ROOT) -
     folder, log = out / label, out / f"{label}.log"
     if folder.exists():
         shutil.rmtree(folder)
-    env = {**os.environ, "XLA_FLAGS": xla_flags(isa)}
+    env = cpu_env(isa)
     if tree != ROOT:  # that tree's helpers.py before the editable install of this one
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree),
                                                           os.environ.get("PYTHONPATH")]))
     command = [sys.executable, str(tree / "scripts" / "run_series.py"), "--data", str(DATA),
                "--output", str(folder), "--seed", str(seed)]
     print(f"[{number}/{total}] {label}: running the series (seed {seed}, "
-          f"XLA_FLAGS='{env['XLA_FLAGS']}'), log: {log.relative_to(ROOT)}", flush=True)
+          f"ONEDNN_MAX_CPU_ISA={isa or 'native'}), log: {log.relative_to(ROOT)}", flush=True)
     started = time.monotonic()
     with open(log, "w", encoding="utf-8") as handle:
         proc = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.PIPE,
@@ -119,8 +123,8 @@ def run_one(label: str, out: Path, number: int, total: int, tree: Path = ROOT) -
     seconds = time.monotonic() - started
     if code == 0:  # what produced this run, for the analysis (also with --reuse)
         (folder / RUN_INFO).write_text(json.dumps(
-            {"source": source_description(tree), "xla_flags": env["XLA_FLAGS"],
-             "xla_cpu_max_isa": isa or "native", "seed": seed, "seconds": round(seconds)},
+            {"source": source_description(tree), "onednn_max_cpu_isa": isa or "native",
+             "seed": seed, "seconds": round(seconds)},
             indent=2) + "\n", encoding="utf-8")
     if code != 0:
         print(f"[{number}/{total}] {label}: FAILED (exit {code}) after {seconds:.0f} s; "
@@ -391,7 +395,7 @@ def run_info(label: str, folder: Path) -> dict:
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     isa, seed = RUNS[label]
-    return {"source": "unknown", "xla_cpu_max_isa": isa or "native", "seed": seed}
+    return {"source": "unknown", "onednn_max_cpu_isa": isa or "native", "seed": seed}
 
 
 def contract_from(drift: dict) -> contract.Contract:

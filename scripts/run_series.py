@@ -97,6 +97,11 @@ def boxed(text: str) -> str:
     return f"{line}\n{body}\n{line}"
 
 
+RAW_ROWS_TAG = "raw-rows"  # cells that display rows of the data file (also nbval-ignore-output)
+RAW_ROWS_NOTE = ("(output left out of the committed notebook: it shows rows of the Kaggle "
+                 "file; run the notebook to see it)\n")
+
+
 def execute(notebook: Path, destination: Path, failed_copy: Path, parameters: dict,
             refresh: bool) -> None:
     """Execute one notebook with papermill into a temp file; os.replace it onto destination on
@@ -121,6 +126,9 @@ def execute(notebook: Path, destination: Path, failed_copy: Path, parameters: di
         for holder in [nb, *nb.cells]:
             holder.metadata.pop("papermill", None)
             holder.metadata.pop("execution", None)
+        for cell in nb.cells:  # rows of the Kaggle file never reach a committed notebook
+            if RAW_ROWS_TAG in cell.metadata.get("tags", []):
+                cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=RAW_ROWS_NOTE)]
         nbformat.write(nb, temp)
     os.replace(temp, destination)
     failed_copy.unlink(missing_ok=True)

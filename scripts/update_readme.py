@@ -103,10 +103,11 @@ def contract_block(drift: dict) -> str:
     lines.append(f"| figures (TF) | {image['what']} | {show(image['cpu_max'])} | "
                  f"{show(image['other_seed_median'])} | {show(image['tolerance'])} |")
     targets = ", ".join(label for label, run in drift["runs"].items()
-                        if run["xla_cpu_max_isa"] != "native")
+                        if run.get("onednn_max_cpu_isa", "native") != "native")
     exact = drift["scikit_learn_exact"]
     lines += ["", f"Measured by `make drift` on {drift['host']} ({drift['date']}): the series "
-              f"natively and with XLA emulating older CPUs ({targets}), and once with another "
+              f"natively and with oneDNN's matrix kernels capped at older CPUs' instruction sets "
+              f"({targets}, `ONEDNN_MAX_CPU_ISA`), and once with another "
               f"seed. Tolerance = max(floor, {drift['safety']} × CPU drift), rounded up to a "
               "1-2-5 step; relative for median_factor. scikit-learn results: "
               f"{exact['values_compared']} values compared across CPU targets, "

@@ -6,14 +6,15 @@ What must come out the same when the notebooks are re-executed on another machin
   CPU), and everything that is not a metric: configuration values (learning_rate, neurons,
   epochs, ...), strings, counts, the structure of the metrics files (key sets and key order,
   row counts, which rows exist). Metrics files of notebooks 01-03 are exact as a whole.
-* **TF-derived, compared within a tolerance**: anything TensorFlow trains. XLA compiles for
-  the host's instruction set (AVX2+FMA here, SSE4.2 or ARM elsewhere), which changes the last
-  bits of every float; training amplifies that into the 3rd-4th decimal of the scores.
+* **TF-derived, compared within a tolerance**: anything TensorFlow trains. Its matrix
+  products run on oneDNN kernels chosen for the host's instruction set (helpers.py caps them
+  at AVX2; SSE4.1, AVX or ARM elsewhere), which changes the last bits of every float;
+  training amplifies that, most in single fits, least in means over folds.
   In metrics files other than 01-03, a table row (a dict) with a ``model`` key is TF-derived
   unless the model is a scikit-learn model (EXACT_MODELS / EXACT_MODEL_PREFIXES); rows
   without ``model`` (and the file's top level) are TF-derived in the files of TF_NOTEBOOKS.
   In a TF-derived row only *metric* keys get a tolerance, by category from the key name
-  (see metric_category): r2, std, mse, mae, median_factor (relative), loss. Keys named
+  (see metric_category): r2, std, mse, mae, median_factor (relative), loss, epochs. Keys named
   ``rank*`` are not compared by value: a rank follows from the scores, which are compared
   (two configurations closer than the tolerance may swap ranks on another CPU); for the same
   reason the order of TF-derived rows in a table is free, while the order of exact rows is not.
@@ -25,7 +26,7 @@ What must come out the same when the notebooks are re-executed on another machin
   tolerance (the loosest metric category) plus one unit of the last printed digit.
 
 Tolerances are not guessed: scripts/measure_drift.py runs the series natively and with
-emulated older CPUs (XLA_FLAGS=--xla_cpu_max_isa=AVX / SSE4_2) and records the largest
+emulated older CPUs (ONEDNN_MAX_CPU_ISA=AVX / SSE41) and records the largest
 deviation per category in reports/drift.json; tolerance = max(floor, SAFETY x that deviation),
 rounded up to a 1-2-5 step. Without reports/drift.json, DEFAULT_CPU_DRIFT stands in (and
 Contract.source says so).
@@ -59,8 +60,9 @@ EXACT_MODEL_PREFIXES = ("hgb", "rf", "random forest")
 CONFIG_KEYS = frozenset({"learning_rate", "dropout", "neurons", "batch_size", "epochs",
                          "seed", "n_folds", "n_test", "n_train", "quick", "fold", "repeat"})
 # Metric keys whose name does not say their category (the effect of a knob on mean CV R²).
-METRIC_ALIASES = {"effect": "r2"}
+METRIC_ALIASES = {"effect": "r2", "epochs_trained": "epochs"}
 TF_TAG = "tf-derived"  # notebook cell tag: outputs compared with the printed-number tolerance
+TOLERANCE_TAG = "tolerance:"  # + categories: a tf-derived cell that prints only those
 
 # Metric categories: name -> (relative?, what it covers). Order = README table order.
 CATEGORIES = {
@@ -69,8 +71,12 @@ CATEGORIES = {
     "mse": (False, "mean squared error of log10(streams)"),
     "mae": (False, "mean absolute error of log10(streams)"),
     "median_factor": (True, "typical error factor 10^median(abs log10 error), relative"),
-    "loss": (False, "training / validation losses"),
+    "loss": (False, "training / validation losses of one fit, per epoch"),
+    "epochs": (False, "epochs one fit trained before EarlyStopping stopped it"),
 }
+# The printed-number tolerance of a tf-derived cell without a `tolerance:` tag: the loosest of
+# these. Cells that print losses or epoch counts (single fits, far noisier) must be tagged.
+PRINTED_DEFAULT = ("r2", "std", "mse", "mae", "median_factor")
 RANK = "rank"  # pseudo-category: not compared by value in TF-derived rows
 
 # ------------------------------------------------------------------------------------------
@@ -86,13 +92,13 @@ SAFETY = 2.5
 # Floors keep a tolerance sane when a category happened to drift very little in the
 # measurement: values are stored with 6 decimals, so less than ~1e-5 would be noise-level.
 FLOORS = {"r2": 1e-3, "std": 1e-3, "mse": 5e-4, "mae": 5e-4, "median_factor": 2e-3,
-          "loss": 1e-3}
+          "loss": 1e-3, "epochs": 1}
 IMAGE_FLOOR = 0.5  # RMS on the 0-255 scale
 # Used when reports/drift.json is missing: largest CPU drift per category from the first
 # measurement (native vs AVX / SSE4_2), leaving out the chaotic learning_rate=0.01 rows of
 # 05_grid's table; loss had no values then and borrows r2's figure.
 DEFAULT_CPU_DRIFT = {"r2": 0.0017, "std": 0.0041, "mse": 0.00022, "mae": 0.00067,
-                     "median_factor": 0.007, "loss": 0.0017}
+                     "median_factor": 0.007, "loss": 0.0017, "epochs": 1}
 DEFAULT_IMAGE_DRIFT = 0.1
 
 NUMBER_PLACEHOLDER = "<N>"
@@ -150,9 +156,26 @@ class Contract:
     def printed(self) -> Tolerance:
         """The printed-number tolerance for tf-derived notebook cells: the loosest category
         (a printed number may be any metric, and the text does not say which)."""
-        absolute = max(t.abs for t in self.tolerances.values())
-        relative = max(t.rel for t in self.tolerances.values())
-        return Tolerance(absolute, relative, "printed numbers: loosest metric category")
+        chosen = [self.tolerances[n] for n in PRINTED_DEFAULT]
+        return Tolerance(max(t.abs for t in chosen), max(t.rel for t in chosen),
+                         "printed numbers: loosest metric category")
+
+    def for_cell(self, cell) -> Tolerance:
+        """The tolerance of a tf-derived cell: a cell tagged `tolerance:loss` (or
+        `tolerance:r2,std`, ...) prints only those categories and gets their loosest one;
+        any other tf-derived cell gets `printed`."""
+        tags = ((cell.get("metadata") or {}).get("tags") or []) if cell else []
+        names = [n for t in tags if t.startswith(TOLERANCE_TAG)
+                 for n in t[len(TOLERANCE_TAG):].split(",")]
+        unknown = sorted(set(names) - set(self.tolerances))
+        if unknown:
+            raise ValueError(f"cell tag {TOLERANCE_TAG}{','.join(names)}: unknown categories "
+                             f"{unknown}; known: {', '.join(self.tolerances)}")
+        if not names:
+            return self.printed
+        chosen = [self.tolerances[n] for n in names]
+        return Tolerance(max(t.abs for t in chosen), max(t.rel for t in chosen),
+                         f"printed numbers: {', '.join(names)}")
 
 
 def load_contract(path: Path | str = DRIFT_FILE) -> Contract:
@@ -760,6 +783,6 @@ def compare_notebooks(committed_nb, fresh_nb, contract: Contract | None = None,
         result.exact_cells += not tf
         where = f"{name} Cell {number}" + (" (tf-derived)" if tf else "")
         result.messages += compare_cell_outputs(a.get("outputs"), b.get("outputs"),
-                                                contract.printed if tf else None,
+                                                contract.for_cell(a) if tf else None,
                                                 sanitize, where)
     return result

@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -386,21 +387,38 @@ def test_notebook_comparison_uses_the_tag():
 def test_emulated_cpu_flags():
     import conftest
 
-    env = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false", "TEST_XLA_ISA": "SSE4_2"}
+    env = {}  # the default: emulate SSE4.1 through oneDNN's kernel choice
     line = conftest.emulate_cpu(env, machine="x86_64")
-    assert env["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false --xla_cpu_max_isa=SSE4_2"
-    assert "SSE4_2" in line and "TEST_XLA_ISA=native" in line
-    untouched = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}  # the default: native
-    conftest.emulate_cpu(untouched, machine="x86_64")
-    assert untouched == {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}
-    env = {"TEST_XLA_ISA": "AVX"}
+    assert env == {"ONEDNN_MAX_CPU_ISA": "SSE41"} and "TEST_CPU_ISA=native" in line
+    env = {"TEST_CPU_ISA": "avx", "ONEDNN_MAX_CPU_ISA": "AVX2"}  # overrides helpers' cap
     conftest.emulate_cpu(env, machine="x86_64")
-    assert env["XLA_FLAGS"] == "--xla_cpu_max_isa=AVX"
-    for env, machine in [({"TEST_XLA_ISA": "native"}, "x86_64"), ({}, "aarch64"),
-                         ({"XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}, "x86_64")]:
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX"
+    for env, machine in [({"TEST_CPU_ISA": "native"}, "x86_64"), ({}, "aarch64")]:
         before = dict(env)
-        conftest.emulate_cpu(env, machine=machine)
+        assert "native" in conftest.emulate_cpu(env, machine=machine)
         assert env == before
+    with pytest.raises(pytest.UsageError, match="TEST_CPU_ISA=SSE4_2 is not one of oneDNN"):
+        conftest.emulate_cpu({"TEST_CPU_ISA": "SSE4_2"}, machine="x86_64")
+
+
+def test_emulated_cpu_changes_tensorflow_numbers():
+    """The emulation is real: one small Keras fit under ONEDNN_MAX_CPU_ISA=SSE41 gives other
+    floats than native (helpers' AVX2 cap), and the same floats again when repeated."""
+    code = ("import helpers, numpy as np; rng = np.random.default_rng(0); "
+            "X = rng.normal(size=(200, 8)).astype('float32'); y = X.sum(1); "
+            "m = helpers.KerasMLP(epochs=5, batch_size=32).fit(X, y); "
+            "print(m.predict(X[:20]).tobytes().hex())")
+
+    def run(isa):
+        env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa}
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, check=True, cwd=ROOT).stdout.strip()
+
+    if platform.machine().lower() not in {"x86_64", "amd64"}:
+        pytest.skip("oneDNN instruction-set names are x86's")
+    native, emulated = run("AVX2"), run("SSE41")
+    assert native != emulated
+    assert emulated == run("SSE41")
 
 
 def test_reports_check_uses_the_contract():
@@ -448,7 +466,7 @@ def test_nbval_hook_tolerates_tagged_cells_only():
     assert outcomes == {"0": "PASSED", "1": "FAILED", "2": "FAILED"}, out[-3000:]
     assert "hook.ipynb Cell 1 (tagged tf-derived): stream stdout: line 1: committed 9.3501, " \
            "fresh 0.3501: difference -9 > tolerance" in out, out[-3000:]
-    assert "tolerance" in out and "XLA CPU target" in out
+    assert "tolerance" in out and "CPU for TensorFlow" in out
 
 
 # ------------------------------------------------------------------------------------------
@@ -574,7 +592,7 @@ def test_contract_block_renders(tmp_path):
     spec.loader.exec_module(module)
     drift = {
         "host": "test CPU", "date": "2025-01-01", "safety": contract.SAFETY,
-        "runs": {"native": {"xla_cpu_max_isa": "native"}, "AVX": {"xla_cpu_max_isa": "AVX"}},
+        "runs": {"native": {"onednn_max_cpu_isa": "native"}, "AVX": {"onednn_max_cpu_isa": "AVX"}},
         "categories": {name: {"relative": rel, "covers": covers, "cpu_max": 0.001,
                               "other_seed_median": 0.01, "tolerance": 0.005}
                        for name, (rel, covers) in contract.CATEGORIES.items()},

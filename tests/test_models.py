@@ -95,7 +95,7 @@ def test_cross_validate_mean_model_scores_about_zero(songs):
 
 
 def test_cross_validate_model_matches_regression_metrics(songs):
-    """The sign-flipped scikit-learn scorers give the metrics of regression_metrics."""
+    """Each fold's scores are regression_metrics of a model fitted on that fold's training rows."""
     splits = helpers.cv_splits(songs, seed=0, n_repeats=1)[:1]
     folds = helpers.cross_validate_model(helpers.make_baseline("linear", "audio"), songs, "audio",
                                          splits)
@@ -104,6 +104,21 @@ def test_cross_validate_model_matches_regression_metrics(songs):
     pred = helpers.make_baseline("linear", "audio").fit(X.iloc[tr], y[tr]).predict(X.iloc[va])
     expected = helpers.regression_metrics(y[va], pred)
     assert folds.iloc[0][list(expected)].to_dict() == pytest.approx(expected, rel=1e-12)
+
+
+def test_ensemble_fold_predictions_are_what_voting_regressor_predicts(songs):
+    """Notebook 06 scores the ensemble in CV as the mean of its members' held-out predictions
+    instead of refitting them inside a VotingRegressor: the two must agree exactly."""
+    from sklearn.ensemble import VotingRegressor
+
+    splits = helpers.cv_splits(songs, seed=0, n_repeats=1)[:1]
+    members = [("mlp", helpers.make_mlp("full", seed=3, **TINY)),
+               ("hgb", helpers.make_baseline("hgb", "full", seed=3))]
+    held_out = [helpers.fold_predictions(m, songs, "full", splits)[0] for _, m in members]
+    tr, va = splits[0]
+    X, y = songs[helpers.feature_columns("full")], helpers.log_streams(songs)
+    voting = VotingRegressor(members).fit(X.iloc[tr], y[tr]).predict(X.iloc[va])
+    np.testing.assert_array_equal((held_out[0] + held_out[1]) / 2, voting)
 
 
 def test_unknown_baseline_is_named():

@@ -215,16 +215,22 @@ def test_refresh_executes_in_place_without_parameters(run_series, tmp_path, monk
     stub_helpers(monkeypatch, tmp_path, real_file=real)
     folder = tmp_path / "nbs"
     folder.mkdir()
-    notebook = write_notebook(folder, "01_committed", "print('data is', DATA_PATH)")
+    notebook = write_notebook(folder, "01_committed", "print('data is', DATA_PATH)",
+                              "print('Some Song Title | Some Artist | 123456789')")
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells[-1].metadata["tags"] = ["raw-rows", "nbval-ignore-output"]
+    nbformat.write(nb, notebook)
 
     code = run_series.main(["--notebooks-dir", str(folder), "--refresh",
                             "--output", str(tmp_path / "out")])
 
     assert code == 0, capsys.readouterr().err
     nb = nbformat.read(notebook, as_version=4)
-    assert len(nb.cells) == 3  # no injected-parameters cell
-    assert "data is None" in json.dumps(nb.cells[-1].outputs)
-    assert "papermill" not in nb.metadata and "papermill" not in nb.cells[-1].metadata
+    assert len(nb.cells) == 4  # no injected-parameters cell
+    assert "data is None" in json.dumps(nb.cells[-2].outputs)
+    assert "papermill" not in nb.metadata and "papermill" not in nb.cells[-2].metadata
+    raw_rows = json.dumps(nb.cells[-1].outputs)  # a cell showing rows of the data file
+    assert "Some Song" not in raw_rows and "left out of the committed notebook" in raw_rows
     assert sorted(p.name for p in folder.iterdir()) == ["01_committed.ipynb"]
 
 
