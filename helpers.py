@@ -144,18 +144,21 @@ MIN_PLAUSIBLE_STREAMS = 100_000  # a chart hit below this is a typo (see noteboo
 MIN_PLAUSIBLE_YEAR = 1940  # earlier release years in this list are placeholders (notebook 02)
 
 
-def _decode(raw: bytes) -> str:
-    """Bytes to text: UTF-8 (with or without BOM), damaged UTF-8, or a Latin-1/CP1252 re-save."""
+def _decode(raw: bytes) -> tuple[str, str]:
+    """Bytes to text, and the encoding read: 'utf-8' (with or without BOM), 'damaged utf-8'
+    or 'cp1252'. The encoding that explains most of the file wins: if most non-ASCII bytes form
+    UTF-8 characters (the original file: ~87 %), it is UTF-8 with broken bytes, each marked
+    U+FFFD; if most stand alone, it is a CP1252/Latin-1 re-save, whatever a few pairs of
+    accented characters ("é’") happen to look like."""
     raw = raw.removeprefix(b"\xef\xbb\xbf")
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
-    # Damaged UTF-8 (the original file) still holds multi-byte sequences: keep UTF-8 and mark
-    # the broken bytes with U+FFFD. A Latin-1 re-save has none: decode it as CP1252.
-    if re.search(rb"[\xc2-\xf4][\x80-\xbf]", raw):
-        return raw.decode("utf-8", errors="replace")
-    return raw.decode("cp1252", errors="replace")
+    stray = re.findall("[\udc80-\udcff]", raw.decode("utf-8", errors="surrogateescape"))
+    if 2 * len(stray) < len(raw.translate(None, bytes(range(128)))):
+        return raw.decode("utf-8", errors="replace"), "damaged utf-8"
+    return raw.decode("cp1252", errors="replace"), "cp1252"
 
 
 def load_raw(path=None) -> pd.DataFrame:
@@ -170,7 +173,7 @@ def load_raw(path=None) -> pd.DataFrame:
     if b"\x00" in raw[:4096]:
         raise DataError(f"{path} is not a CSV text file (it holds binary data). "
                         "Pass the unzipped spotify-2023.csv.")
-    text = _decode(raw)
+    text, encoding = _decode(raw)
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False,
                             na_values=[""], skipinitialspace=True)
@@ -189,7 +192,9 @@ def load_raw(path=None) -> pd.DataFrame:
     if frame.empty:
         raise DataError(f"{path} has a header but no data rows.")
     extra = [c for c in frame.columns if c not in REQUIRED_COLUMNS]
-    return frame[REQUIRED_COLUMNS + extra]
+    frame = frame[REQUIRED_COLUMNS + extra]
+    frame.attrs["encoding"] = encoding  # clean() logs a guessed CP1252
+    return frame
 
 
 def check_data(path) -> None:
@@ -287,7 +292,12 @@ def clean(raw: pd.DataFrame) -> CleanResult:
 
 
 def _repair_names(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
-    """Undecodable bytes became U+FFFD: collapse each run to one marker."""
+    """Undecodable bytes became U+FFFD: collapse each run to one marker. A file read as CP1252
+    (see _decode) is logged as such, with its rows holding non-ASCII names."""
+    if df.attrs.get("encoding") == "cp1252":
+        accented = df[NAME_COLUMNS].apply(lambda s: s.str.contains(r"[^\x00-\x7f]", na=False))
+        result.log("file encoding", accented.any(axis=1).sum(),
+                   "read as CP1252: not UTF-8, and most of its non-ASCII bytes stand alone")
     damaged = df[NAME_COLUMNS].apply(lambda s: s.str.contains("\ufffd", na=False)).any(axis=1)
     for col in NAME_COLUMNS:
         df[col] = df[col].fillna("").str.replace(r"\ufffd+", "\ufffd", regex=True).str.strip()

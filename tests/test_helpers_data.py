@@ -74,6 +74,33 @@ def test_variants_give_the_same_frame(tmp_path, variant):
     pd.testing.assert_frame_equal(load_raw(path), reference)
 
 
+def test_cp1252_file_with_an_accent_next_to_a_symbol_keeps_its_accents(tmp_path):
+    """'é’' is a valid-looking UTF-8 lead/continuation pair in CP1252 bytes; the file as a
+    whole is CP1252 (its other accents stand alone), so it is read as CP1252 and logged."""
+    lines = good_lines()
+    lines[1] = lines[1].replace("Song 0", "Café’s Song")
+    lines[2] = lines[2].replace("Song 1", "Canción")
+    lines[3] = lines[3].replace("Artist", "Beyoncé")
+    frame = load_raw(write(tmp_path, lines, encoding="cp1252"))
+    assert frame["track_name"].tolist()[:2] == ["Café’s Song", "Canción"]
+    assert frame.loc[2, "artist(s)_name"] == "Beyoncé"
+    steps = clean(frame).steps_table().set_index("step")
+    assert steps.loc["file encoding", "rows"] == 3
+    assert "CP1252" in steps.loc["file encoding", "action"]
+    assert steps.loc["encoding damage in names", "rows"] == 0
+
+
+def test_damaged_utf8_file_stays_utf8(tmp_path):
+    """Mostly UTF-8 with one broken byte (like the original file): UTF-8 wins, one marker."""
+    lines = good_lines()
+    lines[1] = lines[1].replace("Song 0", "Canción")
+    path = tmp_path / "d.csv"
+    path.write_bytes("\n".join(lines).encode().replace(b"Song 1", b"Caf\xe9"))
+    frame = load_raw(path)
+    assert frame["track_name"].tolist()[:2] == ["Canción", "Caf\ufffd"]
+    assert "file encoding" not in clean(frame).steps_table()["step"].tolist()
+
+
 def test_thousands_separators_with_and_without(tmp_path):
     path = write(tmp_path, [HEADER, row(deezer="1,021", shazam="2,000"), row(name="B", deezer="7")])
     data = clean(load_raw(path)).data
