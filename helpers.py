@@ -142,6 +142,11 @@ REQUIRED_COLUMNS = [  # the original file's order
 NUMERIC_COLUMNS = [c for c in REQUIRED_COLUMNS if c not in [*NAME_COLUMNS, "key", "mode"]]
 MIN_PLAUSIBLE_STREAMS = 100_000  # a chart hit below this is a typo (see notebook 02)
 MIN_PLAUSIBLE_YEAR = 1940  # earlier release years in this list are placeholders (notebook 02)
+VALUE_RANGES = {  # whole numbers within these bounds, or a row is unusable (see row_problems)
+    "artist_count": (1, np.inf), "bpm": (20, 400),
+    **{c: (0, np.inf) for c in NUMERIC_COLUMNS if c.startswith("in_")},
+    **dict.fromkeys(AUDIO_NUMERIC[1:], (0, 100)),
+}
 
 
 def _decode(raw: bytes) -> tuple[str, str]:
@@ -248,10 +253,12 @@ def parse_numbers(values: pd.Series) -> pd.Series:
 def parse_fields(df: pd.DataFrame, blank_key="C"):
     """Parse raw text fields, the one way clean() and predict_streams share: numbers without
     thousands separators, a blank key read as blank_key. Returns the parsed frame and, per
-    column, a mask of values that are present but invalid (not a number, unknown key or mode)."""
+    column, a mask of values that are present but invalid (not a finite number: 'inf' is
+    invalid too; an unknown key or mode); invalid numbers become NaN."""
     out, bad = df.copy(), {}
     for col in [c for c in NUMERIC_COLUMNS if c in df]:
-        out[col] = parse_numbers(df[col])
+        numbers = parse_numbers(df[col])
+        out[col] = numbers.where(np.isfinite(numbers))
         bad[col] = out[col].isna() & df[col].notna()
     for col, allowed in [("key", [*KEYS, "unknown"]), ("mode", MODES)]:
         if col in df:
@@ -279,16 +286,47 @@ def release_dates(df: pd.DataFrame) -> pd.Series:
     return pd.to_datetime(pd.DataFrame(parts), errors="coerce")
 
 
-def clean(raw: pd.DataFrame) -> CleanResult:
-    """Clean a raw frame from load_raw; every step is recorded with its row count."""
+def row_problems(parsed: pd.DataFrame, as_of=None) -> pd.DataFrame:
+    """The rules a parsed row must meet, one boolean column per rule (True: broken), shared by
+    clean(), which drops such rows, and predict_streams, which refuses them:
+    - each VALUE_RANGES column holds a whole number within its bounds (a count of -1 would
+      break log1p, a percentage of 1e6 gives nonsense);
+    - released_year is not before MIN_PLAUSIBLE_YEAR (earlier years are placeholders);
+    - the date exists, and is not after as_of (default: today, the day the rules run): a
+      future date is a typo, and would otherwise become everyone's reference for song age.
+    Missing values break no rule here; the callers decide about them."""
+    as_of = pd.Timestamp.today().normalize() if as_of is None else pd.Timestamp(as_of)
+    rules = {}
+    for col, (low, high) in VALUE_RANGES.items():
+        if col in parsed:
+            values = parsed[col]
+            bounds = f"below {low:g}" if high == np.inf else f"outside {low:g}–{high:g}"
+            rules[f"{col} {bounds} or not whole"] = (
+                values.notna() & ~(values.between(low, high) & (values % 1 == 0)))
+    dates = release_dates(parsed)
+    rules[f"release year before {MIN_PLAUSIBLE_YEAR}"] = (parsed["released_year"]
+                                                          < MIN_PLAUSIBLE_YEAR)
+    rules["impossible release date"] = dates.isna() & parsed[DATE_COLUMNS].notna().all(axis=1)
+    rules[f"release date after {as_of:%Y-%m-%d}"] = dates > as_of
+    return pd.DataFrame(rules, index=parsed.index)
+
+
+def clean(raw: pd.DataFrame, as_of=None) -> CleanResult:
+    """Clean a raw frame from load_raw; every step is recorded with its row count.
+
+    Rows that break a rule of row_problems are dropped, logged and kept in `dropped`: values
+    out of range, placeholder years, impossible dates, and release dates after as_of (default:
+    today). The reference date for song age is the latest release date of the kept rows: the
+    latest plausible one, which a row dated in the future cannot move."""
     df = raw.copy()
     df.insert(0, "raw_row", raw.index)  # traceability: the row's position in the raw file
     result = CleanResult(df)
     result.log("start", len(df), "rows in the raw file")
     df = _repair_names(df, result)
     df = _parse_values(df, result)
+    df = _drop_out_of_range(df, result)
     df = _drop_repeats_and_implausible(df, result)
-    return _finish(df, result, len(raw))
+    return _finish(df, result, len(raw), as_of)
 
 
 def _repair_names(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
@@ -346,6 +384,16 @@ def _parse_values(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
     return df
 
 
+def _drop_out_of_range(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
+    """Rows with a value outside VALUE_RANGES (a negative count, a percentage above 100)."""
+    problems = row_problems(df)
+    ranged = problems.loc[:, problems.columns.str.endswith("or not whole")]
+    if not ranged.to_numpy().any():
+        return df
+    action = "dropped: " + "; ".join(f"{rule} ({n})" for rule, n in ranged.sum().items() if n)
+    return result.drop(df, ranged.any(axis=1), "values out of range", action)
+
+
 def _drop_repeats_and_implausible(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
     """Repeated track/artist pairs (keep the later snapshot), then implausible values."""
     key = pair_key(df)
@@ -356,15 +404,21 @@ def _drop_repeats_and_implausible(df: pd.DataFrame, result: CleanResult) -> pd.D
                      "kept the row with more streams")
     df = result.drop(df, df[TARGET] < MIN_PLAUSIBLE_STREAMS,
                      f"streams below {MIN_PLAUSIBLE_STREAMS:,}", "dropped: not a chart hit")
-    return result.drop(df, df["released_year"] < MIN_PLAUSIBLE_YEAR,
-                       f"release year before {MIN_PLAUSIBLE_YEAR}", "dropped: placeholder date")
+    old = f"release year before {MIN_PLAUSIBLE_YEAR}"  # a rule of row_problems
+    return result.drop(df, row_problems(df)[old], old, "dropped: placeholder date")
 
 
-def _finish(df: pd.DataFrame, result: CleanResult, n_start: int) -> CleanResult:
-    """Types, release date and song age; the final log line."""
+def _finish(df: pd.DataFrame, result: CleanResult, n_start: int, as_of) -> CleanResult:
+    """Impossible and future dates, types, song age from the reference date; the final log."""
+    problems = row_problems(df, as_of)
+    if problems["impossible release date"].any():
+        df = result.drop(df, problems["impossible release date"], "impossible release dates",
+                         "dropped")
+    future = problems.iloc[:, -1][df.index]  # "release date after <as_of>"
+    if future.any():
+        df = result.drop(df, future, future.name, "dropped: in the future, a typo; not used "
+                         "for the reference date (the latest date of the rows kept)")
     dates = release_dates(df)
-    if dates.isna().any():
-        df = result.drop(df, dates.isna(), "impossible release dates", "dropped")
     ints = [c for c in NUMERIC_COLUMNS if c != "in_shazam_charts"]
     df = typed_categories(df.assign(release_date=dates[df.index]).astype(dict.fromkeys(ints,
                                                                                      "int64")))

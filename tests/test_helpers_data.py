@@ -311,3 +311,79 @@ def test_check_data_accepts_the_sample_and_refuses_a_tiny_file(tmp_path):
     helpers.check_data(helpers.SAMPLE_DATA)
     with pytest.raises(DataError, match="Only 5 usable songs"):
         helpers.check_data(write(tmp_path, good_lines(5)))
+
+
+# --- implausible values: flagged and excluded, never silently used -----------------------------
+
+KEPT_ROW = 3  # a sample row clean() keeps (checked in test_no_new_steps_for_a_clean_file)
+
+
+@pytest.fixture(scope="module")
+def sample_raw():
+    return load_raw(helpers.SAMPLE_DATA)
+
+
+def test_future_release_years_are_dropped_and_do_not_move_the_reference_date(sample_raw):
+    before = clean(sample_raw)
+    typos = before.data["raw_row"].iloc[:10].tolist()  # rows clean() otherwise keeps
+    raw = sample_raw.copy()
+    raw.loc[typos, "released_year"] = "2030"
+    result = clean(raw, as_of="2026-11-26")
+    assert result.reference_date == before.reference_date  # the latest plausible date
+    step = "release date after 2026-11-26"
+    assert result.steps_table().set_index("step").loc[step, "rows"] == 10
+    assert sorted(result.dropped.loc[result.dropped["reason"] == step, "raw_row"]) == typos
+    kept = before.data[~before.data["raw_row"].isin(typos)].reset_index(drop=True)
+    pd.testing.assert_series_equal(result.data["days_since_release"], kept["days_since_release"])
+
+
+def test_future_is_judged_against_today_by_default(sample_raw):
+    raw = sample_raw.copy()
+    raw.loc[raw.index[0], "released_year"] = str(pd.Timestamp.today().year + 1)
+    steps = clean(raw).steps_table()["step"]
+    assert steps.str.startswith("release date after ").sum() == 1
+
+
+@pytest.mark.parametrize("column, value", [
+    ("in_spotify_playlists", "-1"), ("in_spotify_playlists", "-5"), ("in_deezer_charts", "-2"),
+    ("in_shazam_charts", "-3"), ("danceability_%", "1000000"), ("energy_%", "101"),
+    ("bpm", "1000000000"), ("bpm", "0"), ("artist_count", "0"), ("in_apple_charts", "1.5"),
+])
+def test_out_of_range_values_are_dropped_and_logged(sample_raw, column, value):
+    raw = sample_raw.copy()
+    raw.loc[KEPT_ROW, column] = value
+    result = clean(raw)
+    assert KEPT_ROW not in result.data["raw_row"].tolist()
+    steps = result.steps_table().set_index("step")
+    assert steps.loc["values out of range", "rows"] == 1
+    assert column in steps.loc["values out of range", "action"]
+    assert result.dropped.set_index("raw_row").loc[KEPT_ROW, "reason"] == "values out of range"
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "Infinity"])
+def test_infinite_numbers_are_refused_like_text(sample_raw, value):
+    raw = sample_raw.copy()
+    raw.loc[KEPT_ROW, "in_spotify_playlists"] = value
+    with pytest.raises(DataError, match=rf"'in_spotify_playlists'.*{value!r}"):
+        clean(raw)
+
+
+def test_no_new_steps_for_a_clean_file(sample_clean):
+    """The new rules log a step only when they drop rows (the real file's log is unchanged)."""
+    assert KEPT_ROW in sample_clean.data["raw_row"].tolist()
+    steps = sample_clean.steps_table()["step"].tolist()
+    assert "values out of range" not in steps and "file encoding" not in steps
+    assert not any(s.startswith("release date after") for s in steps)
+
+
+def test_a_negative_count_passes_the_check_and_every_model_input_is_finite(tmp_path, sample_raw):
+    """One in_spotify_playlists = -1 used to reach log1p in notebook 03 ('Input X contains
+    infinity'); now clean() drops the row, so check_data and the preprocessing both succeed."""
+    raw = sample_raw.copy()
+    raw.loc[KEPT_ROW, "in_spotify_playlists"] = "-1"
+    path = tmp_path / "negative.csv"
+    raw.to_csv(path, index=False)
+    helpers.check_data(path)
+    songs = helpers.add_features(clean(load_raw(path)).data)
+    features = helpers.make_preprocessor("full").fit_transform(songs[helpers.FEATURE_SETS["full"]])
+    assert np.isfinite(features).all()
