@@ -816,7 +816,9 @@ def save_model(pipeline, folder, feature_set: str, songs: pd.DataFrame) -> Path:
 
 
 def predict_streams(frame: pd.DataFrame, model_dir=None) -> pd.Series:
-    """Predicted streams for rows in the raw file's schema, from the model notebook 06 saved."""
+    """Predicted streams for rows in the raw file's schema, from the model notebook 06 saved.
+    Rows that clean() would drop or refuse (see prepare_rows) are refused with a DataError that
+    names each of them and why: no prediction is returned for a batch holding any."""
     import joblib
 
     if model_dir is not None:
@@ -837,25 +839,45 @@ def predict_streams(frame: pd.DataFrame, model_dir=None) -> pd.Series:
 
 
 def prepare_rows(frame: pd.DataFrame, info: dict) -> pd.DataFrame:
-    """Model inputs for new rows (raw schema, no target needed), parsed as clean() parses."""
+    """Model inputs for new rows (raw schema, no target needed), parsed and checked as clean()
+    parses and checks them (parse_fields, row_problems). A row clean() would drop or refuse is
+    refused: one DataError lists every such row by its index label, with the reasons."""
     inputs = feature_columns(info["feature_set"])
     needed = [c for c in REQUIRED_COLUMNS if c in inputs or c in DATE_COLUMNS]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise DataError(f"Rows lack column(s) the model needs: {', '.join(missing)}.")
     df, bad = parse_fields(frame[needed], info["blank_key"])
-    for col in needed:
-        unusable = bad[col] | (df[col].isna() if col != "in_shazam_charts" else False)
-        if unusable.any():
-            raise DataError(f"Column '{col}' has a missing or invalid value "
-                            f"({frame.loc[unusable, col].iloc[0]!r}) in {int(unusable.sum())} "
-                            "row(s); fix those rows (clean() would reject them too).")
+    why = _refusals(frame[needed], df, bad)
+    if why.any():
+        refused = [f"row {label}: {text}" for label, text in why[why != ""].items()]
+        more = [f"... and {len(refused) - 20} more"] if len(refused) > 20 else []
+        raise DataError(f"{len(refused)} of {len(frame)} row(s) refused; clean() would not use "
+                        "them either. Fix or remove them:\n  " + "\n  ".join(refused[:20] + more)
+                        + f"\n(keys: {', '.join(KEYS)}, blank: {info['blank_key']}; modes: "
+                        f"{', '.join(MODES)})")
     df["release_date"] = release_dates(df)
-    if df["release_date"].isna().any():
-        raise DataError("Some rows have an impossible release date (year/month/day).")
-    reference = pd.Timestamp(info["reference_date"])
+    reference = pd.Timestamp(info["reference_date"])  # later releases get age 0, as new songs
     df["days_since_release"] = (reference - df["release_date"]).dt.days.clip(0)
     return add_features(typed_categories(df))
+
+
+def _refusals(raw: pd.DataFrame, parsed: pd.DataFrame, bad: dict) -> pd.Series:
+    """Per row, why clean() would not use it ('' if it would): a value that is no number, key or
+    mode; a missing value (a blank in_shazam_charts is imputed; a blank key means blank_key);
+    any rule of row_problems. Offending values are quoted."""
+    invalid = {"key": "is not a key", "mode": "is not Major or Minor"}
+    rules = {f"{c} {invalid.get(c, 'is not a number')}": m for c, m in bad.items()}
+    rules |= {f"{c} is missing": parsed[c].isna() & ~bad[c]
+              for c in parsed if c != "in_shazam_charts"}
+    rules |= row_problems(parsed).to_dict("series")
+    why = pd.Series("", index=raw.index, dtype="str")
+    for rule, mask in rules.items():
+        col = rule.split()[0]
+        text = rule + (" (" + raw[col].astype("str").map(repr) + ")"
+                       if col in raw and not rule.endswith("missing") else "")
+        why = why.mask(mask.to_numpy(), why + "; " + text)
+    return why.str.removeprefix("; ")
 
 
 # ----------------------------------------------------------------------------------------------
