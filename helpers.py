@@ -166,19 +166,39 @@ def _decode(raw: bytes) -> tuple[str, str]:
     return raw.decode("cp1252", errors="replace"), "cp1252"
 
 
-def load_raw(path=None) -> pd.DataFrame:
-    """Read the Kaggle CSV (any common re-save of it) as text columns, never modifying the file."""
-    path = resolve_run(path).data_path if path is None else Path(path).expanduser()
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of a CSV file, or a DataError saying what the path holds instead."""
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a CSV file. Pass the CSV file itself, "
+                        f"e.g. {path / RAW_DATA.name}.")
     if not path.is_file():
         hint = DOWNLOAD_HINT if path.name == RAW_DATA.name else "Check the path."
         raise DataError(f"Data file not found: {path}. {hint}")
     raw = path.read_bytes()
     if not raw.removeprefix(b"\xef\xbb\xbf").strip():
         raise DataError(f"{path} is empty. Re-download it; the original is 106,270 bytes.")
-    if b"\x00" in raw[:4096]:
+    head = raw[:4096]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or max(head[::2].count(0),
+                                                          head[1::2].count(0)) > len(head) // 4:
+        raise DataError(f"{path} is UTF-16 text (Excel's 'Unicode Text'), not a CSV this "
+                        "project reads. Save it as 'CSV UTF-8 (Comma delimited)', or convert "
+                        "it: iconv -f UTF-16 -t UTF-8 in.csv > out.csv.")
+    if head.startswith(b"PK\x03\x04"):
+        raise DataError(f"{path} is a ZIP archive. Unzip it and pass the CSV inside.")
+    if b"\x00" in head:
         raise DataError(f"{path} is not a CSV text file (it holds binary data). "
-                        "Pass the unzipped spotify-2023.csv.")
-    text, encoding = _decode(raw)
+                        "Pass the CSV file itself.")
+    return raw
+
+
+RESERVED_COLUMNS = ["raw_row", "release_date", "days_since_release", "release_weekday"]
+
+
+def load_raw(path=None, *, target=True) -> pd.DataFrame:
+    """Read the Kaggle CSV (any common re-save of it) as text columns, never modifying the file.
+    target=False: rows to predict, which need no 'streams' column (see predict_streams)."""
+    path = resolve_run(path).data_path if path is None else Path(path).expanduser()
+    text, encoding = _decode(_read_bytes(path))
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False,
                             na_values=[""], skipinitialspace=True)
@@ -187,8 +207,9 @@ def load_raw(path=None) -> pd.DataFrame:
                         "Pass the original comma-separated file.") from None
     frame = frame.loc[:, ~(frame.columns.str.startswith("Unnamed:") & frame.isna().all())]
     frame.columns = frame.columns.str.strip().str.removeprefix("\ufeff")
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if len(missing) == len(REQUIRED_COLUMNS):
+    required = [c for c in REQUIRED_COLUMNS if target or c != TARGET]
+    missing = [c for c in required if c not in frame.columns]
+    if len(missing) == len(required):
         raise DataError(f"{path} does not look like the Spotify 2023 CSV: none of the expected "
                         f"columns (e.g. {', '.join(REQUIRED_COLUMNS[:3])}) is in its header.")
     if missing:
@@ -196,8 +217,12 @@ def load_raw(path=None) -> pd.DataFrame:
                         "Use a file with the schema of the Kaggle 'Top Spotify Songs 2023' data.")
     if frame.empty:
         raise DataError(f"{path} has a header but no data rows.")
+    clash = [c for c in RESERVED_COLUMNS if c in frame.columns]
+    if clash:
+        raise DataError(f"{path} has column(s) named {', '.join(clash)}, which cleaning adds "
+                        "itself. Rename or remove them.")
     extra = [c for c in frame.columns if c not in REQUIRED_COLUMNS]
-    frame = frame[REQUIRED_COLUMNS + extra]
+    frame = frame[[c for c in REQUIRED_COLUMNS if c in frame.columns] + extra]
     frame.attrs["encoding"] = encoding  # clean() logs a guessed CP1252
     return frame
 

@@ -137,6 +137,51 @@ def test_unusable_files_raise_data_error(tmp_path, content, message):
         load_raw(path)
 
 
+def test_a_folder_is_not_reported_as_missing(tmp_path):
+    with pytest.raises(DataError, match="is a folder, not a CSV file"):
+        load_raw(tmp_path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_file_gets_the_right_hint(tmp_path, encoding):
+    path = write(tmp_path, good_lines(), encoding=encoding)
+    with pytest.raises(DataError, match="UTF-16.*CSV UTF-8") as error:
+        load_raw(path)
+    assert "unzip" not in str(error.value).lower()
+
+
+def test_zip_archive_is_told_to_unzip(tmp_path):
+    import zipfile
+
+    path = tmp_path / "spotify.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("spotify-2023.csv", "\n".join(good_lines()))
+    with pytest.raises(DataError, match="ZIP archive. Unzip it"):
+        load_raw(path)
+
+
+@pytest.mark.parametrize("column", helpers.RESERVED_COLUMNS)
+def test_a_column_that_cleaning_adds_is_refused(tmp_path, column):
+    lines = [f"{HEADER},{column}"] + [f"{line},7" for line in good_lines()[1:]]
+    with pytest.raises(DataError, match=f"named {column}, which cleaning adds"):
+        load_raw(write(tmp_path, lines))
+
+
+def test_other_extra_columns_are_kept_after_the_schema(tmp_path):
+    lines = [f"extra,{HEADER}"] + [f"x,{line}" for line in good_lines()[1:]]
+    frame = load_raw(write(tmp_path, lines))
+    assert frame.columns.tolist() == [*helpers.REQUIRED_COLUMNS, "extra"]
+
+
+def test_rows_to_predict_need_no_streams_column(tmp_path):
+    frame = pd.read_csv(write(tmp_path, good_lines(), "ok.csv"), dtype=str)
+    path = tmp_path / "new.csv"
+    frame.drop(columns="streams").to_csv(path, index=False)
+    with pytest.raises(DataError, match="lacks required column.*streams"):
+        load_raw(path)
+    assert "streams" not in load_raw(path, target=False).columns
+
+
 def test_missing_columns_are_named(tmp_path):
     frame = pd.read_csv(write(tmp_path, good_lines(), "ok.csv"), dtype=str)
     path = tmp_path / "bad.csv"
