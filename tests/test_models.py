@@ -224,3 +224,13 @@ def test_predict_streams_accepts_what_clean_accepts(songs, linear_model):
 def test_predict_streams_without_a_model(tmp_path, songs):
     with pytest.raises(DataError, match="Run notebook 06_results first"):
         helpers.predict_streams(songs.head(1), tmp_path)
+
+
+def test_predict_streams_on_a_file_read_without_streams(tmp_path, linear_model):
+    """The README's way: load_raw(..., target=False) on new songs, then predict_streams."""
+    raw = helpers.load_raw(helpers.SAMPLE_DATA)
+    kept = helpers.clean(raw).data["raw_row"].head(8)
+    raw.loc[kept].drop(columns="streams").to_csv(tmp_path / "new.csv", index=False)
+    rows = helpers.load_raw(tmp_path / "new.csv", target=False)
+    predicted = helpers.predict_streams(rows, linear_model)
+    assert len(predicted) == 8 and np.isfinite(predicted).all()
