@@ -15,6 +15,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 
 # Before TensorFlow is ever imported: silence its C++ start-up log lines (they would land in
@@ -90,6 +91,36 @@ def resolve_run(data_path=None, output_dir=None) -> Run:
         return Run(data_path, BUILD_DIR / "real", REPORTS_DIR / "metrics", True, False)
     out = BUILD_DIR / ("synthetic" if is_synthetic else data_path.stem)
     return Run(data_path, out, out / "metrics", is_real, is_synthetic)
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+PARAMETER_RULES = {  # notebook parameter: (test, what it must be)
+    "QUICK": (lambda v: isinstance(v, bool), "True or False"),
+    "SEED": (lambda v: _is_whole(v) and 0 <= v < 2**32, "a whole number from 0 to 2**32 - 1"),
+    "N_JOBS": (lambda v: _is_whole(v) and v >= 1, "a positive whole number"),
+    "DATA_PATH": (lambda v: v is None or isinstance(v, str | os.PathLike) and str(v).strip(),
+                  "None or a file path"),
+    "OUTPUT_DIR": (lambda v: v is None or isinstance(v, str | os.PathLike) and str(v).strip(),
+                   "None or a folder path"),
+    "DASK_SCHEDULER": (lambda v: v is None or isinstance(v, str) and v.strip(),
+                       "None or a scheduler address"),
+}
+
+
+def check_parameters(**parameters) -> None:
+    """Check a notebook's parameters (papermill injects them as given: `-p QUICK yes` is the
+    text 'yes') against PARAMETER_RULES; a DataError names each wrong one."""
+    unknown = [name for name in parameters if name not in PARAMETER_RULES]
+    if unknown:
+        raise TypeError(f"check_parameters: unknown parameter(s) {', '.join(unknown)}")
+    wrong = [f"{name} must be {PARAMETER_RULES[name][1]}, not {value!r} ({type(value).__name__})"
+             for name, value in parameters.items() if not PARAMETER_RULES[name][0](value)]
+    if wrong:
+        raise DataError("Bad notebook parameter(s): " + "; ".join(wrong) + ". With papermill: "
+                        "-p QUICK True -p SEED 42 (run_series.py: --quick, --seed 42).")
 
 
 def data_banner(run: Run) -> str:

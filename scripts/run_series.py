@@ -71,6 +71,10 @@ def prepare_run(helpers, args: argparse.Namespace):
     """Resolve data and output paths and check the data up front (raises UsageError)."""
     if args.refresh and args.data:
         raise UsageError("--refresh always uses data/spotify-2023.csv; drop --data")
+    try:  # the notebooks check them too (papermill -p): one rule, in helpers
+        helpers.check_parameters(SEED=args.seed, QUICK=args.quick)
+    except helpers.DataError as exc:
+        raise UsageError(f"{exc}") from exc
     data = Path(args.data).resolve() if args.data else None
     if data is not None and data.is_dir():
         raise UsageError(f"--data {data} is a folder, not a CSV file; pass the CSV file itself")

@@ -432,3 +432,34 @@ def test_a_negative_count_passes_the_check_and_every_model_input_is_finite(tmp_p
     songs = helpers.add_features(clean(load_raw(path)).data)
     features = helpers.make_preprocessor("full").fit_transform(songs[helpers.FEATURE_SETS["full"]])
     assert np.isfinite(features).all()
+
+
+# --- notebook parameters -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, value, message", [
+    ("QUICK", "yes", "QUICK must be True or False, not 'yes' \\(str\\)"),
+    ("QUICK", 1, "QUICK must be True or False"),
+    ("SEED", "42", "SEED must be a whole number"),
+    ("SEED", -1, "SEED must be a whole number from 0"),
+    ("SEED", 1.5, "SEED must be a whole number"),
+    ("SEED", True, "SEED must be a whole number"),
+    ("N_JOBS", 0, "N_JOBS must be a positive whole number"),
+    ("N_JOBS", -1, "N_JOBS must be a positive whole number"),
+    ("N_JOBS", "2", "N_JOBS must be a positive whole number"),
+    ("DATA_PATH", 5, "DATA_PATH must be None or a file path"),
+    ("OUTPUT_DIR", "", "OUTPUT_DIR must be None or a folder path"),
+    ("DASK_SCHEDULER", 8786, "DASK_SCHEDULER must be None or a scheduler address"),
+])
+def test_bad_notebook_parameters_are_named(name, value, message):
+    with pytest.raises(DataError, match=f"Bad notebook parameter.*{message}"):
+        helpers.check_parameters(**{name: value})
+
+
+def test_good_notebook_parameters_pass():
+    helpers.check_parameters(DATA_PATH=None, OUTPUT_DIR=None, SEED=42, QUICK=False, N_JOBS=2,
+                             DASK_SCHEDULER=None)
+    helpers.check_parameters(DATA_PATH=helpers.SAMPLE_DATA, OUTPUT_DIR="build/x",
+                             SEED=np.int64(7), QUICK=True, N_JOBS=1,
+                             DASK_SCHEDULER="tcp://10.0.0.5:8786")
+    with pytest.raises(TypeError, match="unknown parameter.*SPEED"):
+        helpers.check_parameters(SPEED=1)

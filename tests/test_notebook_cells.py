@@ -4,6 +4,7 @@ must work on any subset of the data, not only on the real file."""
 import contextlib
 import io
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -48,3 +49,32 @@ def test_01_period_table_counts_every_song(sample_data):
     namespace, _ = run_cells("01_eda.ipynb", ["01-030", "01-031"], data=later)
     assert namespace["summary"]["count"].sum() == len(later)
     assert "after 2023" in namespace["summary"].index.tolist()
+
+
+NOTEBOOKS = sorted(p.name for p in (helpers.ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def parameter_cell_and_check(notebook: str):
+    """The notebook's parameters cell, and the check_parameters call of its setup code."""
+    import ast
+
+    nb = json.loads((helpers.ROOT / "notebooks" / notebook).read_text(encoding="utf-8"))
+    cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    parameters = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
+    setup = ast.parse("".join(cells[cells.index(parameters) + 1]["source"]))
+    call = next(node for node in setup.body if isinstance(node, ast.Expr)
+                and getattr(node.value.func, "id", "") == "check_parameters")
+    return "".join(parameters["source"]), ast.unparse(call)
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_every_notebook_checks_all_its_parameters(notebook):
+    parameters, check = parameter_cell_and_check(notebook)
+    names = re.findall(r"^([A-Z_]+) =", parameters, re.M)
+    assert names and all(f"{name}={name}" in check for name in names)
+    namespace = {"check_parameters": helpers.check_parameters}
+    exec(parameters, namespace)
+    exec(check, namespace)  # the defaults pass
+    exec(parameters + "\nQUICK = 'yes'\n", namespace)  # what `papermill -p QUICK yes` injects
+    with pytest.raises(helpers.DataError, match="QUICK must be True or False, not 'yes'"):
+        exec(check, namespace)

@@ -70,6 +70,7 @@ def stub_helpers(monkeypatch, tmp_path, *, synthetic=False, data_error=None, rea
     stub.DataError = DataError
     stub.resolve_run = resolve_run
     stub.check_data = check_data
+    stub.check_parameters = lambda **parameters: None
     stub.RAW_DATA = real_file if real_file is not None else tmp_path / "absent.csv"
     stub.REAL_SHA256 = "0" * 64
     if real_file is not None and real_file.exists():
@@ -328,3 +329,18 @@ def test_bad_files_with_real_helpers_exit_2(run_series, tmp_path, capsys, name, 
     assert err.startswith("error: ") and "Traceback" not in err
     assert re.search(message, err) and "unzip" not in err.lower()
     assert not (folder / "ran.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_bad_seed_exits_2_with_the_notebooks_rule(run_series, tmp_path, csv_file, monkeypatch,
+                                                  capsys):
+    import helpers
+
+    stub = stub_helpers(monkeypatch, tmp_path)
+    stub.check_parameters = helpers.check_parameters
+    stub.DataError = helpers.DataError
+    folder = one_notebook(tmp_path)
+    code = run_series.main(["--notebooks-dir", str(folder), "--data", str(csv_file),
+                            "--seed", "-1", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: Bad notebook parameter(s): SEED must be a whole number" in err
+    assert not (tmp_path / "out").exists()
