@@ -15,6 +15,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 
 # Before TensorFlow is ever imported: silence its C++ start-up log lines (they would land in
@@ -97,6 +98,36 @@ def resolve_run(data_path=None, output_dir=None) -> Run:
     return Run(data_path, out, out / "metrics", is_real, is_synthetic)
 
 
+def _is_whole(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+PARAMETER_RULES = {  # notebook parameter: (test, what it must be)
+    "QUICK": (lambda v: isinstance(v, bool), "True or False"),
+    "SEED": (lambda v: _is_whole(v) and 0 <= v < 2**32, "a whole number from 0 to 2**32 - 1"),
+    "N_JOBS": (lambda v: _is_whole(v) and v >= 1, "a positive whole number"),
+    "DATA_PATH": (lambda v: v is None or isinstance(v, str | os.PathLike) and str(v).strip(),
+                  "None or a file path"),
+    "OUTPUT_DIR": (lambda v: v is None or isinstance(v, str | os.PathLike) and str(v).strip(),
+                   "None or a folder path"),
+    "DASK_SCHEDULER": (lambda v: v is None or isinstance(v, str) and v.strip(),
+                       "None or a scheduler address"),
+}
+
+
+def check_parameters(**parameters) -> None:
+    """Check a notebook's parameters (papermill injects them as given: `-p QUICK yes` is the
+    text 'yes') against PARAMETER_RULES; a DataError names each wrong one."""
+    unknown = [name for name in parameters if name not in PARAMETER_RULES]
+    if unknown:
+        raise TypeError(f"check_parameters: unknown parameter(s) {', '.join(unknown)}")
+    wrong = [f"{name} must be {PARAMETER_RULES[name][1]}, not {value!r} ({type(value).__name__})"
+             for name, value in parameters.items() if not PARAMETER_RULES[name][0](value)]
+    if wrong:
+        raise DataError("Bad notebook parameter(s): " + "; ".join(wrong) + ". With papermill: "
+                        "-p QUICK True -p SEED 42 (run_series.py: --quick, --seed 42).")
+
+
 def data_banner(run: Run) -> str:
     """A one-line (or empty) warning to show at the top of a notebook about the data used."""
     if run.is_synthetic:
@@ -147,35 +178,63 @@ REQUIRED_COLUMNS = [  # the original file's order
 NUMERIC_COLUMNS = [c for c in REQUIRED_COLUMNS if c not in [*NAME_COLUMNS, "key", "mode"]]
 MIN_PLAUSIBLE_STREAMS = 100_000  # a chart hit below this is a typo (see notebook 02)
 MIN_PLAUSIBLE_YEAR = 1940  # earlier release years in this list are placeholders (notebook 02)
+VALUE_RANGES = {  # whole numbers within these bounds, or a row is unusable (see row_problems)
+    "artist_count": (1, np.inf), "bpm": (20, 400),
+    **{c: (0, np.inf) for c in NUMERIC_COLUMNS if c.startswith("in_")},
+    **dict.fromkeys(AUDIO_NUMERIC[1:], (0, 100)),
+}
 
 
-def _decode(raw: bytes) -> str:
-    """Bytes to text: UTF-8 (with or without BOM), damaged UTF-8, or a Latin-1/CP1252 re-save."""
+def _decode(raw: bytes) -> tuple[str, str]:
+    """Bytes to text, and the encoding read: 'utf-8' (with or without BOM), 'damaged utf-8'
+    or 'cp1252'. The encoding that explains most of the file wins: if most non-ASCII bytes form
+    UTF-8 characters (the original file: ~87 %), it is UTF-8 with broken bytes, each marked
+    U+FFFD; if most stand alone, it is a CP1252/Latin-1 re-save, whatever a few pairs of
+    accented characters ("é’") happen to look like."""
     raw = raw.removeprefix(b"\xef\xbb\xbf")
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
-    # Damaged UTF-8 (the original file) still holds multi-byte sequences: keep UTF-8 and mark
-    # the broken bytes with U+FFFD. A Latin-1 re-save has none: decode it as CP1252.
-    if re.search(rb"[\xc2-\xf4][\x80-\xbf]", raw):
-        return raw.decode("utf-8", errors="replace")
-    return raw.decode("cp1252", errors="replace")
+    stray = re.findall("[\udc80-\udcff]", raw.decode("utf-8", errors="surrogateescape"))
+    if 2 * len(stray) < len(raw.translate(None, bytes(range(128)))):
+        return raw.decode("utf-8", errors="replace"), "damaged utf-8"
+    return raw.decode("cp1252", errors="replace"), "cp1252"
 
 
-def load_raw(path=None) -> pd.DataFrame:
-    """Read the Kaggle CSV (any common re-save of it) as text columns, never modifying the file."""
-    path = resolve_run(path).data_path if path is None else Path(path).expanduser()
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of a CSV file, or a DataError saying what the path holds instead."""
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a CSV file. Pass the CSV file itself, "
+                        f"e.g. {path / RAW_DATA.name}.")
     if not path.is_file():
         hint = DOWNLOAD_HINT if path.name == RAW_DATA.name else "Check the path."
         raise DataError(f"Data file not found: {path}. {hint}")
     raw = path.read_bytes()
     if not raw.removeprefix(b"\xef\xbb\xbf").strip():
         raise DataError(f"{path} is empty. Re-download it; the original is 106,270 bytes.")
-    if b"\x00" in raw[:4096]:
+    head = raw[:4096]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or max(head[::2].count(0),
+                                                          head[1::2].count(0)) > len(head) // 4:
+        raise DataError(f"{path} is UTF-16 text (Excel's 'Unicode Text'), not a CSV this "
+                        "project reads. Save it as 'CSV UTF-8 (Comma delimited)', or convert "
+                        "it: iconv -f UTF-16 -t UTF-8 in.csv > out.csv.")
+    if head.startswith(b"PK\x03\x04"):
+        raise DataError(f"{path} is a ZIP archive. Unzip it and pass the CSV inside.")
+    if b"\x00" in head:
         raise DataError(f"{path} is not a CSV text file (it holds binary data). "
-                        "Pass the unzipped spotify-2023.csv.")
-    text = _decode(raw)
+                        "Pass the CSV file itself.")
+    return raw
+
+
+RESERVED_COLUMNS = ["raw_row", "release_date", "days_since_release", "release_weekday"]
+
+
+def load_raw(path=None, *, target=True) -> pd.DataFrame:
+    """Read the Kaggle CSV (any common re-save of it) as text columns, never modifying the file.
+    target=False: rows to predict, which need no 'streams' column (see predict_streams)."""
+    path = resolve_run(path).data_path if path is None else Path(path).expanduser()
+    text, encoding = _decode(_read_bytes(path))
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False,
                             na_values=[""], skipinitialspace=True)
@@ -184,8 +243,9 @@ def load_raw(path=None) -> pd.DataFrame:
                         "Pass the original comma-separated file.") from None
     frame = frame.loc[:, ~(frame.columns.str.startswith("Unnamed:") & frame.isna().all())]
     frame.columns = frame.columns.str.strip().str.removeprefix("\ufeff")
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if len(missing) == len(REQUIRED_COLUMNS):
+    required = [c for c in REQUIRED_COLUMNS if target or c != TARGET]
+    missing = [c for c in required if c not in frame.columns]
+    if len(missing) == len(required):
         raise DataError(f"{path} does not look like the Spotify 2023 CSV: none of the expected "
                         f"columns (e.g. {', '.join(REQUIRED_COLUMNS[:3])}) is in its header.")
     if missing:
@@ -193,8 +253,14 @@ def load_raw(path=None) -> pd.DataFrame:
                         "Use a file with the schema of the Kaggle 'Top Spotify Songs 2023' data.")
     if frame.empty:
         raise DataError(f"{path} has a header but no data rows.")
+    clash = [c for c in RESERVED_COLUMNS if c in frame.columns]
+    if clash:
+        raise DataError(f"{path} has column(s) named {', '.join(clash)}, which cleaning adds "
+                        "itself. Rename or remove them.")
     extra = [c for c in frame.columns if c not in REQUIRED_COLUMNS]
-    return frame[REQUIRED_COLUMNS + extra]
+    frame = frame[[c for c in REQUIRED_COLUMNS if c in frame.columns] + extra]
+    frame.attrs["encoding"] = encoding  # clean() logs a guessed CP1252
+    return frame
 
 
 def check_data(path) -> None:
@@ -249,10 +315,12 @@ def parse_numbers(values: pd.Series) -> pd.Series:
 def parse_fields(df: pd.DataFrame, blank_key="C"):
     """Parse raw text fields, the one way clean() and predict_streams share: numbers without
     thousands separators, a blank key read as blank_key. Returns the parsed frame and, per
-    column, a mask of values that are present but invalid (not a number, unknown key or mode)."""
+    column, a mask of values that are present but invalid (not a finite number: 'inf' is
+    invalid too; an unknown key or mode); invalid numbers become NaN."""
     out, bad = df.copy(), {}
     for col in [c for c in NUMERIC_COLUMNS if c in df]:
-        out[col] = parse_numbers(df[col])
+        numbers = parse_numbers(df[col])
+        out[col] = numbers.where(np.isfinite(numbers))
         bad[col] = out[col].isna() & df[col].notna()
     for col, allowed in [("key", [*KEYS, "unknown"]), ("mode", MODES)]:
         if col in df:
@@ -280,20 +348,56 @@ def release_dates(df: pd.DataFrame) -> pd.Series:
     return pd.to_datetime(pd.DataFrame(parts), errors="coerce")
 
 
-def clean(raw: pd.DataFrame) -> CleanResult:
-    """Clean a raw frame from load_raw; every step is recorded with its row count."""
+def row_problems(parsed: pd.DataFrame, as_of=None) -> pd.DataFrame:
+    """The rules a parsed row must meet, one boolean column per rule (True: broken), shared by
+    clean(), which drops such rows, and predict_streams, which refuses them:
+    - each VALUE_RANGES column holds a whole number within its bounds (a count of -1 would
+      break log1p, a percentage of 1e6 gives nonsense);
+    - released_year is not before MIN_PLAUSIBLE_YEAR (earlier years are placeholders);
+    - the date exists, and is not after as_of (default: today, the day the rules run): a
+      future date is a typo, and would otherwise become everyone's reference for song age.
+    Missing values break no rule here; the callers decide about them."""
+    as_of = pd.Timestamp.today().normalize() if as_of is None else pd.Timestamp(as_of)
+    rules = {}
+    for col, (low, high) in VALUE_RANGES.items():
+        if col in parsed:
+            values = parsed[col]
+            bounds = f"below {low:g}" if high == np.inf else f"outside {low:g}–{high:g}"
+            rules[f"{col} {bounds} or not whole"] = (
+                values.notna() & ~(values.between(low, high) & (values % 1 == 0)))
+    dates = release_dates(parsed)
+    rules[f"release year before {MIN_PLAUSIBLE_YEAR}"] = (parsed["released_year"]
+                                                          < MIN_PLAUSIBLE_YEAR)
+    rules["impossible release date"] = dates.isna() & parsed[DATE_COLUMNS].notna().all(axis=1)
+    rules[f"release date after {as_of:%Y-%m-%d}"] = dates > as_of
+    return pd.DataFrame(rules, index=parsed.index)
+
+
+def clean(raw: pd.DataFrame, as_of=None) -> CleanResult:
+    """Clean a raw frame from load_raw; every step is recorded with its row count.
+
+    Rows that break a rule of row_problems are dropped, logged and kept in `dropped`: values
+    out of range, placeholder years, impossible dates, and release dates after as_of (default:
+    today). The reference date for song age is the latest release date of the kept rows: the
+    latest plausible one, which a row dated in the future cannot move."""
     df = raw.copy()
     df.insert(0, "raw_row", raw.index)  # traceability: the row's position in the raw file
     result = CleanResult(df)
     result.log("start", len(df), "rows in the raw file")
     df = _repair_names(df, result)
     df = _parse_values(df, result)
+    df = _drop_out_of_range(df, result)
     df = _drop_repeats_and_implausible(df, result)
-    return _finish(df, result, len(raw))
+    return _finish(df, result, len(raw), as_of)
 
 
 def _repair_names(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
-    """Undecodable bytes became U+FFFD: collapse each run to one marker."""
+    """Undecodable bytes became U+FFFD: collapse each run to one marker. A file read as CP1252
+    (see _decode) is logged as such, with its rows holding non-ASCII names."""
+    if df.attrs.get("encoding") == "cp1252":
+        accented = df[NAME_COLUMNS].apply(lambda s: s.str.contains(r"[^\x00-\x7f]", na=False))
+        result.log("file encoding", accented.any(axis=1).sum(),
+                   "read as CP1252: not UTF-8, and most of its non-ASCII bytes stand alone")
     damaged = df[NAME_COLUMNS].apply(lambda s: s.str.contains("\ufffd", na=False)).any(axis=1)
     for col in NAME_COLUMNS:
         df[col] = df[col].fillna("").str.replace(r"\ufffd+", "\ufffd", regex=True).str.strip()
@@ -342,6 +446,16 @@ def _parse_values(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
     return df
 
 
+def _drop_out_of_range(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
+    """Rows with a value outside VALUE_RANGES (a negative count, a percentage above 100)."""
+    problems = row_problems(df)
+    ranged = problems.loc[:, problems.columns.str.endswith("or not whole")]
+    if not ranged.to_numpy().any():
+        return df
+    action = "dropped: " + "; ".join(f"{rule} ({n})" for rule, n in ranged.sum().items() if n)
+    return result.drop(df, ranged.any(axis=1), "values out of range", action)
+
+
 def _drop_repeats_and_implausible(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
     """Repeated track/artist pairs (keep the later snapshot), then implausible values."""
     key = pair_key(df)
@@ -352,15 +466,21 @@ def _drop_repeats_and_implausible(df: pd.DataFrame, result: CleanResult) -> pd.D
                      "kept the row with more streams")
     df = result.drop(df, df[TARGET] < MIN_PLAUSIBLE_STREAMS,
                      f"streams below {MIN_PLAUSIBLE_STREAMS:,}", "dropped: not a chart hit")
-    return result.drop(df, df["released_year"] < MIN_PLAUSIBLE_YEAR,
-                       f"release year before {MIN_PLAUSIBLE_YEAR}", "dropped: placeholder date")
+    old = f"release year before {MIN_PLAUSIBLE_YEAR}"  # a rule of row_problems
+    return result.drop(df, row_problems(df)[old], old, "dropped: placeholder date")
 
 
-def _finish(df: pd.DataFrame, result: CleanResult, n_start: int) -> CleanResult:
-    """Types, release date and song age; the final log line."""
+def _finish(df: pd.DataFrame, result: CleanResult, n_start: int, as_of) -> CleanResult:
+    """Impossible and future dates, types, song age from the reference date; the final log."""
+    problems = row_problems(df, as_of)
+    if problems["impossible release date"].any():
+        df = result.drop(df, problems["impossible release date"], "impossible release dates",
+                         "dropped")
+    future = problems.iloc[:, -1][df.index]  # "release date after <as_of>"
+    if future.any():
+        df = result.drop(df, future, future.name, "dropped: in the future, a typo; not used "
+                         "for the reference date (the latest date of the rows kept)")
     dates = release_dates(df)
-    if dates.isna().any():
-        df = result.drop(df, dates.isna(), "impossible release dates", "dropped")
     ints = [c for c in NUMERIC_COLUMNS if c != "in_shazam_charts"]
     df = typed_categories(df.assign(release_date=dates[df.index]).astype(dict.fromkeys(ints,
                                                                                      "int64")))
@@ -775,7 +895,9 @@ def save_model(pipeline, folder, feature_set: str, songs: pd.DataFrame) -> Path:
 
 
 def predict_streams(frame: pd.DataFrame, model_dir=None) -> pd.Series:
-    """Predicted streams for rows in the raw file's schema, from the model notebook 06 saved."""
+    """Predicted streams for rows in the raw file's schema, from the model notebook 06 saved.
+    Rows that clean() would drop or refuse (see prepare_rows) are refused with a DataError that
+    names each of them and why: no prediction is returned for a batch holding any."""
     import joblib
 
     if model_dir is not None:
@@ -796,25 +918,45 @@ def predict_streams(frame: pd.DataFrame, model_dir=None) -> pd.Series:
 
 
 def prepare_rows(frame: pd.DataFrame, info: dict) -> pd.DataFrame:
-    """Model inputs for new rows (raw schema, no target needed), parsed as clean() parses."""
+    """Model inputs for new rows (raw schema, no target needed), parsed and checked as clean()
+    parses and checks them (parse_fields, row_problems). A row clean() would drop or refuse is
+    refused: one DataError lists every such row by its index label, with the reasons."""
     inputs = feature_columns(info["feature_set"])
     needed = [c for c in REQUIRED_COLUMNS if c in inputs or c in DATE_COLUMNS]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise DataError(f"Rows lack column(s) the model needs: {', '.join(missing)}.")
     df, bad = parse_fields(frame[needed], info["blank_key"])
-    for col in needed:
-        unusable = bad[col] | (df[col].isna() if col != "in_shazam_charts" else False)
-        if unusable.any():
-            raise DataError(f"Column '{col}' has a missing or invalid value "
-                            f"({frame.loc[unusable, col].iloc[0]!r}) in {int(unusable.sum())} "
-                            "row(s); fix those rows (clean() would reject them too).")
+    why = _refusals(frame[needed], df, bad)
+    if why.any():
+        refused = [f"row {label}: {text}" for label, text in why[why != ""].items()]
+        more = [f"... and {len(refused) - 20} more"] if len(refused) > 20 else []
+        raise DataError(f"{len(refused)} of {len(frame)} row(s) refused; clean() would not use "
+                        "them either. Fix or remove them:\n  " + "\n  ".join(refused[:20] + more)
+                        + f"\n(keys: {', '.join(KEYS)}, blank: {info['blank_key']}; modes: "
+                        f"{', '.join(MODES)})")
     df["release_date"] = release_dates(df)
-    if df["release_date"].isna().any():
-        raise DataError("Some rows have an impossible release date (year/month/day).")
-    reference = pd.Timestamp(info["reference_date"])
+    reference = pd.Timestamp(info["reference_date"])  # later releases get age 0, as new songs
     df["days_since_release"] = (reference - df["release_date"]).dt.days.clip(0)
     return add_features(typed_categories(df))
+
+
+def _refusals(raw: pd.DataFrame, parsed: pd.DataFrame, bad: dict) -> pd.Series:
+    """Per row, why clean() would not use it ('' if it would): a value that is no number, key or
+    mode; a missing value (a blank in_shazam_charts is imputed; a blank key means blank_key);
+    any rule of row_problems. Offending values are quoted."""
+    invalid = {"key": "is not a key", "mode": "is not Major or Minor"}
+    rules = {f"{c} {invalid.get(c, 'is not a number')}": m for c, m in bad.items()}
+    rules |= {f"{c} is missing": parsed[c].isna() & ~bad[c]
+              for c in parsed if c != "in_shazam_charts"}
+    rules |= row_problems(parsed).to_dict("series")
+    why = pd.Series("", index=raw.index, dtype="str")
+    for rule, mask in rules.items():
+        col = rule.split()[0]
+        text = rule + (" (" + raw[col].astype("str").map(repr) + ")"
+                       if col in raw and not rule.endswith("missing") else "")
+        why = why.mask(mask.to_numpy(), why + "; " + text)
+    return why.str.removeprefix("; ")
 
 
 # ----------------------------------------------------------------------------------------------

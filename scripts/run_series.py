@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,7 +71,13 @@ def prepare_run(helpers, args: argparse.Namespace):
     """Resolve data and output paths and check the data up front (raises UsageError)."""
     if args.refresh and args.data:
         raise UsageError("--refresh always uses data/spotify-2023.csv; drop --data")
+    try:  # the notebooks check them too (papermill -p): one rule, in helpers
+        helpers.check_parameters(SEED=args.seed, QUICK=args.quick)
+    except helpers.DataError as exc:
+        raise UsageError(f"{exc}") from exc
     data = Path(args.data).resolve() if args.data else None
+    if data is not None and data.is_dir():
+        raise UsageError(f"--data {data} is a folder, not a CSV file; pass the CSV file itself")
     if data is not None and not data.is_file():
         raise UsageError(f"data file not found: {data}; pass an existing CSV with --data")
     output = None if args.refresh else Path(args.output).resolve()
@@ -85,7 +92,24 @@ def prepare_run(helpers, args: argparse.Namespace):
         helpers.check_data(run.data_path)  # reads only; the CSV is never written
     except helpers.DataError as exc:
         raise UsageError(f"{exc}") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read {run.data_path}: {exc.strerror or exc}") from exc
+    check_output(Path(args.output).resolve())
     return run
+
+
+def check_output(output: Path) -> None:
+    """The output folder exists (created if missing) and takes files, before anything runs."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is an existing file, not a folder; pass a folder "
+                         "(it is created if missing)")
+    try:
+        (output / "notebooks").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output / "notebooks"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write to --output {output} ({exc.strerror or exc}); "
+                         "pass a folder you can write to") from None
 
 
 def boxed(text: str) -> str:

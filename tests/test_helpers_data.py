@@ -74,6 +74,33 @@ def test_variants_give_the_same_frame(tmp_path, variant):
     pd.testing.assert_frame_equal(load_raw(path), reference)
 
 
+def test_cp1252_file_with_an_accent_next_to_a_symbol_keeps_its_accents(tmp_path):
+    """'é’' is a valid-looking UTF-8 lead/continuation pair in CP1252 bytes; the file as a
+    whole is CP1252 (its other accents stand alone), so it is read as CP1252 and logged."""
+    lines = good_lines()
+    lines[1] = lines[1].replace("Song 0", "Café’s Song")
+    lines[2] = lines[2].replace("Song 1", "Canción")
+    lines[3] = lines[3].replace("Artist", "Beyoncé")
+    frame = load_raw(write(tmp_path, lines, encoding="cp1252"))
+    assert frame["track_name"].tolist()[:2] == ["Café’s Song", "Canción"]
+    assert frame.loc[2, "artist(s)_name"] == "Beyoncé"
+    steps = clean(frame).steps_table().set_index("step")
+    assert steps.loc["file encoding", "rows"] == 3
+    assert "CP1252" in steps.loc["file encoding", "action"]
+    assert steps.loc["encoding damage in names", "rows"] == 0
+
+
+def test_damaged_utf8_file_stays_utf8(tmp_path):
+    """Mostly UTF-8 with one broken byte (like the original file): UTF-8 wins, one marker."""
+    lines = good_lines()
+    lines[1] = lines[1].replace("Song 0", "Canción")
+    path = tmp_path / "d.csv"
+    path.write_bytes("\n".join(lines).encode().replace(b"Song 1", b"Caf\xe9"))
+    frame = load_raw(path)
+    assert frame["track_name"].tolist()[:2] == ["Canción", "Caf\ufffd"]
+    assert "file encoding" not in clean(frame).steps_table()["step"].tolist()
+
+
 def test_thousands_separators_with_and_without(tmp_path):
     path = write(tmp_path, [HEADER, row(deezer="1,021", shazam="2,000"), row(name="B", deezer="7")])
     data = clean(load_raw(path)).data
@@ -108,6 +135,51 @@ def test_unusable_files_raise_data_error(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(DataError, match=message):
         load_raw(path)
+
+
+def test_a_folder_is_not_reported_as_missing(tmp_path):
+    with pytest.raises(DataError, match="is a folder, not a CSV file"):
+        load_raw(tmp_path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_file_gets_the_right_hint(tmp_path, encoding):
+    path = write(tmp_path, good_lines(), encoding=encoding)
+    with pytest.raises(DataError, match="UTF-16.*CSV UTF-8") as error:
+        load_raw(path)
+    assert "unzip" not in str(error.value).lower()
+
+
+def test_zip_archive_is_told_to_unzip(tmp_path):
+    import zipfile
+
+    path = tmp_path / "spotify.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("spotify-2023.csv", "\n".join(good_lines()))
+    with pytest.raises(DataError, match="ZIP archive. Unzip it"):
+        load_raw(path)
+
+
+@pytest.mark.parametrize("column", helpers.RESERVED_COLUMNS)
+def test_a_column_that_cleaning_adds_is_refused(tmp_path, column):
+    lines = [f"{HEADER},{column}"] + [f"{line},7" for line in good_lines()[1:]]
+    with pytest.raises(DataError, match=f"named {column}, which cleaning adds"):
+        load_raw(write(tmp_path, lines))
+
+
+def test_other_extra_columns_are_kept_after_the_schema(tmp_path):
+    lines = [f"extra,{HEADER}"] + [f"x,{line}" for line in good_lines()[1:]]
+    frame = load_raw(write(tmp_path, lines))
+    assert frame.columns.tolist() == [*helpers.REQUIRED_COLUMNS, "extra"]
+
+
+def test_rows_to_predict_need_no_streams_column(tmp_path):
+    frame = pd.read_csv(write(tmp_path, good_lines(), "ok.csv"), dtype=str)
+    path = tmp_path / "new.csv"
+    frame.drop(columns="streams").to_csv(path, index=False)
+    with pytest.raises(DataError, match="lacks required column.*streams"):
+        load_raw(path)
+    assert "streams" not in load_raw(path, target=False).columns
 
 
 def test_missing_columns_are_named(tmp_path):
@@ -284,3 +356,110 @@ def test_check_data_accepts_the_sample_and_refuses_a_tiny_file(tmp_path):
     helpers.check_data(helpers.SAMPLE_DATA)
     with pytest.raises(DataError, match="Only 5 usable songs"):
         helpers.check_data(write(tmp_path, good_lines(5)))
+
+
+# --- implausible values: flagged and excluded, never silently used -----------------------------
+
+KEPT_ROW = 3  # a sample row clean() keeps (checked in test_no_new_steps_for_a_clean_file)
+
+
+@pytest.fixture(scope="module")
+def sample_raw():
+    return load_raw(helpers.SAMPLE_DATA)
+
+
+def test_future_release_years_are_dropped_and_do_not_move_the_reference_date(sample_raw):
+    before = clean(sample_raw)
+    typos = before.data["raw_row"].iloc[:10].tolist()  # rows clean() otherwise keeps
+    raw = sample_raw.copy()
+    raw.loc[typos, "released_year"] = "2030"
+    result = clean(raw, as_of="2026-11-26")
+    assert result.reference_date == before.reference_date  # the latest plausible date
+    step = "release date after 2026-11-26"
+    assert result.steps_table().set_index("step").loc[step, "rows"] == 10
+    assert sorted(result.dropped.loc[result.dropped["reason"] == step, "raw_row"]) == typos
+    kept = before.data[~before.data["raw_row"].isin(typos)].reset_index(drop=True)
+    pd.testing.assert_series_equal(result.data["days_since_release"], kept["days_since_release"])
+
+
+def test_future_is_judged_against_today_by_default(sample_raw):
+    raw = sample_raw.copy()
+    raw.loc[raw.index[0], "released_year"] = str(pd.Timestamp.today().year + 1)
+    steps = clean(raw).steps_table()["step"]
+    assert steps.str.startswith("release date after ").sum() == 1
+
+
+@pytest.mark.parametrize("column, value", [
+    ("in_spotify_playlists", "-1"), ("in_spotify_playlists", "-5"), ("in_deezer_charts", "-2"),
+    ("in_shazam_charts", "-3"), ("danceability_%", "1000000"), ("energy_%", "101"),
+    ("bpm", "1000000000"), ("bpm", "0"), ("artist_count", "0"), ("in_apple_charts", "1.5"),
+])
+def test_out_of_range_values_are_dropped_and_logged(sample_raw, column, value):
+    raw = sample_raw.copy()
+    raw.loc[KEPT_ROW, column] = value
+    result = clean(raw)
+    assert KEPT_ROW not in result.data["raw_row"].tolist()
+    steps = result.steps_table().set_index("step")
+    assert steps.loc["values out of range", "rows"] == 1
+    assert column in steps.loc["values out of range", "action"]
+    assert result.dropped.set_index("raw_row").loc[KEPT_ROW, "reason"] == "values out of range"
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "Infinity"])
+def test_infinite_numbers_are_refused_like_text(sample_raw, value):
+    raw = sample_raw.copy()
+    raw.loc[KEPT_ROW, "in_spotify_playlists"] = value
+    with pytest.raises(DataError, match=rf"'in_spotify_playlists'.*{value!r}"):
+        clean(raw)
+
+
+def test_no_new_steps_for_a_clean_file(sample_clean):
+    """The new rules log a step only when they drop rows (the real file's log is unchanged)."""
+    assert KEPT_ROW in sample_clean.data["raw_row"].tolist()
+    steps = sample_clean.steps_table()["step"].tolist()
+    assert "values out of range" not in steps and "file encoding" not in steps
+    assert not any(s.startswith("release date after") for s in steps)
+
+
+def test_a_negative_count_passes_the_check_and_every_model_input_is_finite(tmp_path, sample_raw):
+    """One in_spotify_playlists = -1 used to reach log1p in notebook 03 ('Input X contains
+    infinity'); now clean() drops the row, so check_data and the preprocessing both succeed."""
+    raw = sample_raw.copy()
+    raw.loc[KEPT_ROW, "in_spotify_playlists"] = "-1"
+    path = tmp_path / "negative.csv"
+    raw.to_csv(path, index=False)
+    helpers.check_data(path)
+    songs = helpers.add_features(clean(load_raw(path)).data)
+    features = helpers.make_preprocessor("full").fit_transform(songs[helpers.FEATURE_SETS["full"]])
+    assert np.isfinite(features).all()
+
+
+# --- notebook parameters -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, value, message", [
+    ("QUICK", "yes", "QUICK must be True or False, not 'yes' \\(str\\)"),
+    ("QUICK", 1, "QUICK must be True or False"),
+    ("SEED", "42", "SEED must be a whole number"),
+    ("SEED", -1, "SEED must be a whole number from 0"),
+    ("SEED", 1.5, "SEED must be a whole number"),
+    ("SEED", True, "SEED must be a whole number"),
+    ("N_JOBS", 0, "N_JOBS must be a positive whole number"),
+    ("N_JOBS", -1, "N_JOBS must be a positive whole number"),
+    ("N_JOBS", "2", "N_JOBS must be a positive whole number"),
+    ("DATA_PATH", 5, "DATA_PATH must be None or a file path"),
+    ("OUTPUT_DIR", "", "OUTPUT_DIR must be None or a folder path"),
+    ("DASK_SCHEDULER", 8786, "DASK_SCHEDULER must be None or a scheduler address"),
+])
+def test_bad_notebook_parameters_are_named(name, value, message):
+    with pytest.raises(DataError, match=f"Bad notebook parameter.*{message}"):
+        helpers.check_parameters(**{name: value})
+
+
+def test_good_notebook_parameters_pass():
+    helpers.check_parameters(DATA_PATH=None, OUTPUT_DIR=None, SEED=42, QUICK=False, N_JOBS=2,
+                             DASK_SCHEDULER=None)
+    helpers.check_parameters(DATA_PATH=helpers.SAMPLE_DATA, OUTPUT_DIR="build/x",
+                             SEED=np.int64(7), QUICK=True, N_JOBS=1,
+                             DASK_SCHEDULER="tcp://10.0.0.5:8786")
+    with pytest.raises(TypeError, match="unknown parameter.*SPEED"):
+        helpers.check_parameters(SPEED=1)

@@ -178,20 +178,74 @@ def test_predict_streams_accepts_raw_text_rows(songs, saved_model):
     assert helpers.predict_streams(raw, saved_model).notna().all()
 
 
+@pytest.fixture(scope="module")
+def linear_model(songs, tmp_path_factory):
+    """A quick stand-in for the saved network (same save_model, same checks of new rows)."""
+    fitted = helpers.make_baseline("linear", "full").fit(songs[helpers.feature_columns("full")],
+                                                         helpers.log_streams(songs))
+    return helpers.save_model(fitted, tmp_path_factory.mktemp("linear"), "full", songs)
+
+
+NEXT_YEAR = str(pd.Timestamp.today().year + 1)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.drop(columns=["bpm"]), "lack column.*bpm"),
-    (lambda d: d.assign(bpm="fast"), "'bpm'.*'fast'"),
+    (lambda d: d.assign(bpm="fast"), r"bpm is not a number \('fast'\)"),
     (lambda d: d.assign(released_month=13), "impossible release date"),
-    (lambda d: d.assign(key="H"), "'key'.*'H'"),
-    (lambda d: d.assign(mode="Dorian"), "'mode'.*'Dorian'"),
-    (lambda d: d.assign(mode=None), "'mode'"),
+    (lambda d: d.assign(key="H"), r"key is not a key \('H'\)"),
+    (lambda d: d.assign(key="c"), r"key is not a key \('c'\)"),
+    (lambda d: d.assign(key="Db"), r"key is not a key \('Db'\)"),
+    (lambda d: d.assign(mode="Dorian"), r"mode is not Major or Minor \('Dorian'\)"),
+    (lambda d: d.assign(mode="major"), r"mode is not Major or Minor \('major'\)"),
+    (lambda d: d.assign(mode=None), "mode is missing"),
+    (lambda d: d.assign(bpm=1e9), r"bpm outside 20–400 or not whole \('1000000000.0'\)"),
+    (lambda d: d.assign(**{"danceability_%": 1e6}), "danceability_% outside 0–100"),
+    (lambda d: d.assign(in_spotify_playlists=-5), r"in_spotify_playlists below 0 .*'-5'"),
+    (lambda d: d.assign(in_spotify_playlists=-1), r"in_spotify_playlists below 0 .*'-1'"),
+    (lambda d: d.assign(in_spotify_playlists="inf"), r"in_spotify_playlists is not a number"),
+    (lambda d: d.assign(released_year=1930), "release year before 1940"),
+    (lambda d: d.assign(released_year=NEXT_YEAR), "release date after"),
     (lambda d: d.iloc[:0], "non-empty"),
 ])
-def test_predict_streams_bad_input(songs, saved_model, change, message):
+def test_predict_streams_bad_input(songs, linear_model, change, message):
     with pytest.raises(DataError, match=message):
-        helpers.predict_streams(change(songs.head(3)), saved_model)
+        helpers.predict_streams(change(songs.head(3)), linear_model)
+
+
+def test_predict_streams_names_each_refused_row_and_why(songs, linear_model):
+    rows = songs.head(4).copy()
+    rows.index = ["a", "b", "c", "d"]
+    rows = rows.astype({"key": "str", "bpm": "float"})
+    rows.loc["a", "key"], rows.loc["c", "bpm"], rows.loc["c", "mode"] = "H", 1e9, None
+    with pytest.raises(DataError) as refused:
+        helpers.predict_streams(rows, linear_model)
+    text = str(refused.value)
+    assert text.startswith("2 of 4 row(s) refused")
+    assert "row a: key is not a key ('H')" in text
+    assert "row c: mode is missing; bpm outside 20–400" in text
+    assert "row b" not in text and "row d" not in text
+    assert "Traceback" not in text
+
+
+def test_predict_streams_accepts_what_clean_accepts(songs, linear_model):
+    """A blank in_shazam_charts is imputed, a blank key means what it meant in training, and a
+    release after the model's reference date (but not in the future) is a new song, age 0."""
+    rows = songs.head(3).assign(in_shazam_charts=None, key=None, released_year=2025)
+    predicted = helpers.predict_streams(rows, linear_model)
+    assert np.isfinite(predicted).all() and (predicted > 0).all()
 
 
 def test_predict_streams_without_a_model(tmp_path, songs):
     with pytest.raises(DataError, match="Run notebook 06_results first"):
         helpers.predict_streams(songs.head(1), tmp_path)
+
+
+def test_predict_streams_on_a_file_read_without_streams(tmp_path, linear_model):
+    """The README's way: load_raw(..., target=False) on new songs, then predict_streams."""
+    raw = helpers.load_raw(helpers.SAMPLE_DATA)
+    kept = helpers.clean(raw).data["raw_row"].head(8)
+    raw.loc[kept].drop(columns="streams").to_csv(tmp_path / "new.csv", index=False)
+    rows = helpers.load_raw(tmp_path / "new.csv", target=False)
+    predicted = helpers.predict_streams(rows, linear_model)
+    assert len(predicted) == 8 and np.isfinite(predicted).all()

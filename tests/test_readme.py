@@ -32,3 +32,23 @@ def test_stale_table_is_detected():
                                             (ROOT / "README.md").read_text(encoding="utf-8")))
 def test_linked_files_exist(link):
     assert (ROOT / link).is_file(), link
+
+
+def test_prediction_example_reads_a_file_that_is_not_utf8(tmp_path, monkeypatch):
+    """The README's predict_streams example, run as written on a non-UTF-8 file without
+    streams (pd.read_csv raised UnicodeDecodeError on the Kaggle file)."""
+    import helpers
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    example = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S)
+                   if "predict_streams(" in block)
+    frame = helpers.load_raw(helpers.SAMPLE_DATA).drop(columns="streams")
+    frame.to_csv(tmp_path / "new_songs.csv", index=False, encoding="cp1252", errors="replace")
+    with pytest.raises(UnicodeDecodeError):
+        (tmp_path / "new_songs.csv").read_bytes().decode("utf-8")
+    received = []
+    monkeypatch.setattr(helpers, "predict_streams", received.append)  # no saved model needed
+    monkeypatch.chdir(tmp_path)
+    exec(example, {})
+    assert len(received) == 1 and len(received[0]) == len(frame)
+    assert "streams" not in received[0].columns

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -69,6 +70,7 @@ def stub_helpers(monkeypatch, tmp_path, *, synthetic=False, data_error=None, rea
     stub.DataError = DataError
     stub.resolve_run = resolve_run
     stub.check_data = check_data
+    stub.check_parameters = lambda **parameters: None
     stub.RAW_DATA = real_file if real_file is not None else tmp_path / "absent.csv"
     stub.REAL_SHA256 = "0" * 64
     if real_file is not None and real_file.exists():
@@ -258,3 +260,93 @@ def test_bad_csv_with_real_helpers(tmp_path):
     assert result.stderr.startswith("error: ") and "no data rows" in result.stderr
     assert header_only.read_bytes() == before
     assert not (folder / "ran.txt").exists() and not (tmp_path / "out").exists()
+
+
+# --- bad usage: a clear 'error:' line and exit 2, never a traceback ------------------------------
+
+def one_notebook(tmp_path):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    write_notebook(folder, "01_marker", "open('ran.txt', 'w').write('ran')")
+    return folder
+
+
+def test_output_that_is_a_file_exits_2(run_series, tmp_path, csv_file, monkeypatch, capsys):
+    stub_helpers(monkeypatch, tmp_path)
+    folder = one_notebook(tmp_path)
+    existing = tmp_path / "report.txt"
+    existing.write_text("keep me")
+    for output in [existing, existing / "sub"]:
+        code = run_series.main(["--notebooks-dir", str(folder), "--data", str(csv_file),
+                                "--output", str(output)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+        assert "--output" in err and str(existing) in err
+    assert existing.read_text() == "keep me" and not (folder / "ran.txt").exists()
+
+
+def test_unwritable_output_exits_2(run_series, tmp_path, csv_file, monkeypatch, capsys):
+    stub_helpers(monkeypatch, tmp_path)
+    folder = one_notebook(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(run_series.tempfile, "TemporaryFile", refuse)  # root ignores chmod
+    code = run_series.main(["--notebooks-dir", str(folder), "--data", str(csv_file),
+                            "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: cannot write to --output" in err and "Permission denied" in err
+    assert not (folder / "ran.txt").exists()
+
+
+def test_a_folder_as_data_is_named_as_a_folder(run_series, tmp_path, monkeypatch, capsys):
+    stub_helpers(monkeypatch, tmp_path)
+    folder = one_notebook(tmp_path)
+    assert run_series.main(["--notebooks-dir", str(folder), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder, not a CSV file" in err and "not found" not in err
+
+
+def csv_variant(tmp_path, name, encoding="utf-8", extra_column=None):
+    """The synthetic sample re-saved: another encoding, or with one more column."""
+    import helpers
+
+    frame = helpers.load_raw(helpers.SAMPLE_DATA)
+    if extra_column:
+        frame[extra_column] = "1"
+    path = tmp_path / name
+    frame.to_csv(path, index=False, encoding=encoding)
+    return path
+
+
+@pytest.mark.parametrize("name, variant, message", [
+    ("raw_row.csv", {"extra_column": "raw_row"}, "named raw_row, which cleaning adds"),
+    ("utf16.csv", {"encoding": "utf-16"}, "UTF-16 text.*CSV UTF-8"),
+])
+def test_bad_files_with_real_helpers_exit_2(run_series, tmp_path, capsys, name, variant, message):
+    folder = one_notebook(tmp_path)
+    path = csv_variant(tmp_path, name, **variant)
+    code = run_series.main(["--notebooks-dir", str(folder), "--data", str(path),
+                            "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert re.search(message, err) and "unzip" not in err.lower()
+    assert not (folder / "ran.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_bad_seed_exits_2_with_the_notebooks_rule(run_series, tmp_path, csv_file, monkeypatch,
+                                                  capsys):
+    import helpers
+
+    stub = stub_helpers(monkeypatch, tmp_path)
+    stub.check_parameters = helpers.check_parameters
+    stub.DataError = helpers.DataError
+    folder = one_notebook(tmp_path)
+    code = run_series.main(["--notebooks-dir", str(folder), "--data", str(csv_file),
+                            "--seed", "-1", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: Bad notebook parameter(s): SEED must be a whole number" in err
+    assert not (tmp_path / "out").exists()
