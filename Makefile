@@ -9,6 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?=
 OUT    ?= build/run
+QUICK_OUT ?= build/quick
 
 # --data is only passed when DATA is set; otherwise the driver picks
 # data/spotify-2023.csv if present, else the synthetic sample.
@@ -20,7 +21,7 @@ RUN_ARGS = $(if $(DATA),--data "$(DATA)") --output "$(OUT)"
 help:
 	@echo "make venv               create/refresh .venv (pinned requirements + editable helpers)"
 	@echo "make run                run all notebooks -> $(OUT)/ (options: DATA=file.csv OUT=dir)"
-	@echo "make quick              same as run, fast smoke settings (--quick)"
+	@echo "make quick              same as run, fast smoke settings (--quick) -> $(QUICK_OUT)/"
 	@echo "make test               ruff check + pytest (unit tests and nbval on notebooks/)"
 	@echo "make test-fast          development tier: ruff + unit tests (no nbval, no smoke run)"
 	@echo "make refresh-notebooks  maintainer: re-execute notebooks/ in place on the real data file"
@@ -43,8 +44,9 @@ $(STAMP): requirements.txt pyproject.toml
 run: venv
 	$(BIN)/python scripts/run_series.py $(RUN_ARGS)
 
+# Smoke runs go to their own folder, never over a full run's outputs (build/run).
 quick: venv
-	$(BIN)/python scripts/run_series.py $(RUN_ARGS) --quick
+	$(BIN)/python scripts/run_series.py $(if $(DATA),--data "$(DATA)") --output "$(QUICK_OUT)" --quick
 
 test: venv
 	$(BIN)/python -m ruff check .

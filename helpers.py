@@ -879,9 +879,10 @@ def parallel_backend(scheduler=None):
         yield f"Dask cluster at {address} ({len(client.scheduler_info()['workers'])} workers)"
 
 
-def save_model(pipeline, folder, feature_set: str, songs: pd.DataFrame) -> Path:
+def save_model(pipeline, folder, feature_set: str, songs: pd.DataFrame, quick=False) -> Path:
     """Save a fitted make_mlp pipeline (scikeras stores its Keras model with keras.saving)
-    and what predict_streams needs to prepare new rows like the training songs."""
+    and what predict_streams needs to prepare new rows like the training songs; `quick`
+    marks a smoke-run model, which predict_streams never picks by default."""
     import joblib
 
     folder = Path(folder)
@@ -889,9 +890,14 @@ def save_model(pipeline, folder, feature_set: str, songs: pd.DataFrame) -> Path:
     joblib.dump(pipeline, folder / "model.joblib")
     info = {"feature_set": feature_set,  # a blank key means what it meant in training:
             "blank_key": "unknown" if (songs["key"] == "unknown").any() else "C",
-            "reference_date": str(songs["release_date"].max().date())}
+            "reference_date": str(songs["release_date"].max().date()), "quick": bool(quick)}
     (folder / "model.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return folder
+
+
+def _is_quick_model(folder: Path) -> bool:
+    info = folder / "model.json"
+    return info.is_file() and json.loads(info.read_text(encoding="utf-8")).get("quick", False)
 
 
 def predict_streams(frame: pd.DataFrame, model_dir=None) -> pd.Series:
@@ -904,17 +910,20 @@ def predict_streams(frame: pd.DataFrame, model_dir=None) -> pd.Series:
         candidates = [Path(model_dir)]
     else:  # the notebooks' default output, then the main job's (`make run`)
         candidates = [resolve_run().models_dir / "final", BUILD_DIR / "run" / "models" / "final"]
+    if model_dir is None:  # a smoke-run model (QUICK) is used only when asked for by name
+        candidates = [c for c in candidates if not _is_quick_model(c)] or candidates[:0]
     folder = next((c for c in candidates if (c / "model.joblib").is_file()), None)
     if folder is None:
-        raise DataError(f"No saved model in {' or '.join(map(str, candidates))}. Run notebook "
-                        "06_results first (or the series with `make run`), or pass model_dir=.")
+        raise DataError("No saved full (non-QUICK) model found. Run notebook 06_results first "
+                        "(or the series with `make run`), or pass model_dir=.")
     if not isinstance(frame, pd.DataFrame) or frame.empty:
         raise DataError("predict_streams needs a non-empty DataFrame with the CSV's columns.")
     info = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     rows = prepare_rows(frame, info)
     pipeline = joblib.load(folder / "model.joblib")
     log10 = pipeline.predict(rows[feature_columns(info["feature_set"])])
-    return pd.Series(10 ** log10, index=frame.index, name="predicted_streams")
+    return pd.Series(10 ** np.asarray(log10, dtype="float64"), index=frame.index,
+                     name="predicted_streams")
 
 
 def prepare_rows(frame: pd.DataFrame, info: dict) -> pd.DataFrame:

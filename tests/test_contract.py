@@ -102,7 +102,21 @@ def test_missing_drift_file_falls_back_to_documented_defaults(tmp_path):
     expected = contract.derive_tolerance("r2", contract.DEFAULT_CPU_DRIFT["r2"])
     assert loaded.tolerances["r2"].abs == expected
     assert loaded.tolerances["median_factor"].rel > 0 and loaded.tolerances["r2"].rel == 0
-    assert loaded.printed.abs == max(t.abs for t in loaded.tolerances.values())
+    assert loaded.printed.abs == max(loaded.tolerances[n].abs for n in contract.PRINTED_DEFAULT)
+
+
+def test_cells_name_their_tolerance_by_tag(tmp_path):
+    loaded = contract.load_contract(tmp_path / "drift.json")
+
+    def cell(*tags):
+        return {"cell_type": "code", "metadata": {"tags": ["tf-derived", *tags]}}
+
+    assert loaded.for_cell(cell()) == loaded.printed
+    assert loaded.for_cell(cell("tolerance:loss")).abs == loaded.tolerances["loss"].abs
+    both = loaded.for_cell(cell("tolerance:epochs,r2"))
+    assert both.abs == max(loaded.tolerances["epochs"].abs, loaded.tolerances["r2"].abs)
+    with pytest.raises(ValueError, match="unknown categories \\['speed'\\]"):
+        loaded.for_cell(cell("tolerance:speed"))
 
 
 def test_committed_drift_file_matches_the_contract_constants():

@@ -241,6 +241,21 @@ def test_predict_streams_without_a_model(tmp_path, songs):
         helpers.predict_streams(songs.head(1), tmp_path)
 
 
+def test_a_quick_model_is_never_the_default(tmp_path, songs, monkeypatch):
+    """`make quick` leaves a smoke-run model behind: predict_streams() must not pick it up
+    silently; asked for by folder, it is used."""
+    fitted = helpers.make_baseline("linear", "full").fit(songs[helpers.feature_columns("full")],
+                                                         helpers.log_streams(songs))
+    folder = helpers.save_model(fitted, tmp_path / "run" / "models" / "final", "full", songs,
+                                quick=True)
+    monkeypatch.setattr(helpers, "BUILD_DIR", tmp_path)
+    monkeypatch.setattr(helpers, "resolve_run",
+                        lambda *a: type("R", (), {"models_dir": tmp_path / "none"})())
+    with pytest.raises(DataError, match="No saved full \\(non-QUICK\\) model"):
+        helpers.predict_streams(songs.head(2))
+    assert len(helpers.predict_streams(songs.head(2), folder)) == 2
+
+
 def test_predict_streams_on_a_file_read_without_streams(tmp_path, linear_model):
     """The README's way: load_raw(..., target=False) on new songs, then predict_streams."""
     raw = helpers.load_raw(helpers.SAMPLE_DATA)
