@@ -82,8 +82,10 @@ class Run:
         return self.metrics_dir.parent / "figures"
 
 
-def resolve_run(data_path=None, output_dir=None) -> Run:
-    """Resolve the data file and output folders of a run (defaults: real file, else sample)."""
+def resolve_run(data_path=None, output_dir=None, quick=False) -> Run:
+    """Resolve the data file and output folders of a run (defaults: real file, else sample).
+    A quick (smoke) run on the real file never writes the committed reports/: by default it
+    goes to build/real-quick/."""
     if data_path is None:
         data_path = RAW_DATA if RAW_DATA.exists() else SAMPLE_DATA
     data_path = Path(data_path).expanduser().resolve()
@@ -92,6 +94,9 @@ def resolve_run(data_path=None, output_dir=None) -> Run:
     if output_dir is not None:
         out = Path(output_dir).expanduser().resolve()
         return Run(data_path, out, out / "metrics", is_real, is_synthetic)
+    if is_real and quick:
+        out = BUILD_DIR / "real-quick"
+        return Run(data_path, out, out / "metrics", True, False)
     if is_real:  # the committed results: metrics in reports/, derived data out of git
         return Run(data_path, BUILD_DIR / "real", REPORTS_DIR / "metrics", True, False)
     out = BUILD_DIR / ("synthetic" if is_synthetic else data_path.stem)

@@ -7,7 +7,11 @@
 Executed copies go to <output>/notebooks/, the report to <output>/report.html; the
 notebooks in notebooks/ are never modified, except with --refresh (maintainer mode: they
 are re-executed in place, unparameterized, on the real data file).
-Exit codes: 0 success, 1 a notebook failed, 2 bad data or bad usage (nothing was run).
+<output>/RUN_STATUS.json says whether the run is complete: until the last notebook and the
+report are written it says "incomplete" (or "failed"/"interrupted"), and which notebooks'
+outputs in <output> come from this run.
+Exit codes: 0 success, 1 a notebook failed, 2 bad data or bad usage (nothing was run),
+130 interrupted (Ctrl-C or SIGTERM; the partial notebook is kept as NN.failed.ipynb).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -213,6 +218,22 @@ def print_summary(run, report: Path, out_notebooks: Path, banner: str) -> None:
         print("\n" + boxed(banner))
 
 
+def write_status(out_dir: Path, status: str, data: Path, done: list, detail: str = "") -> None:
+    """RUN_STATUS.json: whether <output> holds one complete run, and which notebooks it ran."""
+    text = {"complete": "every output in this folder comes from this run",
+            "incomplete": "running: outputs of notebooks not listed in notebooks_done are "
+                          "from an earlier run (or missing)"}.get(
+        status, f"{detail}; outputs of notebooks not listed in notebooks_done (and "
+                "report.html) are from an earlier run (or missing)")
+    (out_dir / "RUN_STATUS.json").write_text(json.dumps(
+        {"status": status, "data": str(data), "notebooks_done": done, "meaning": text},
+        indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds like Ctrl-C: kernel shut down
+
+
 def main(argv: list[str] | None = None) -> int:
     """Validate the data, run the notebooks in order, build the report, print a summary."""
     args = parse_args(argv)
@@ -238,21 +259,34 @@ def main(argv: list[str] | None = None) -> int:
                                           "OUTPUT_DIR": str(out_dir),
                                           "SEED": args.seed, "QUICK": args.quick}
     executed = []
+    write_status(out_dir, "incomplete", run.data_path, [])
+    signal.signal(signal.SIGTERM, _terminated)
     for number, notebook in enumerate(notebooks, start=1):
         print(f"[{number}/{len(notebooks)}] {notebook.stem} ...", flush=True)
         started = time.monotonic()
         destination = notebook if args.refresh else out_notebooks / notebook.name
         failed_copy = out_notebooks / f"{notebook.stem}.failed.ipynb"
+        done = [p.stem for p in executed]
         try:
             execute(notebook, destination, failed_copy, parameters, refresh=args.refresh)
+        except KeyboardInterrupt:
+            write_status(out_dir, "interrupted", run.data_path, done,
+                         f"interrupted during {notebook.stem}")
+            print(f"interrupted during {notebook.stem}; the partial notebook is {failed_copy}. "
+                  f"{out_dir} is incomplete (see RUN_STATUS.json).", file=sys.stderr)
+            return 130
         except Exception as exc:
+            write_status(out_dir, "failed", run.data_path, done, f"{notebook.stem} failed")
             print(describe_failure(notebook.stem, exc, failed_copy), file=sys.stderr)
+            print(f"{out_dir} is incomplete: see RUN_STATUS.json.", file=sys.stderr)
             return 1
         seconds = time.monotonic() - started
         print(f"[{number}/{len(notebooks)}] {notebook.stem} done in {seconds:.1f} s", flush=True)
         executed.append(destination)
+        write_status(out_dir, "incomplete", run.data_path, [p.stem for p in executed])
     report = out_dir / "report.html"
     build_report(executed, report)
+    write_status(out_dir, "complete", run.data_path, [p.stem for p in executed])
     print_summary(run, report, notebooks[0].parent if args.refresh else out_notebooks, banner)
     return 0
 

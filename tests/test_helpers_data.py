@@ -345,6 +345,17 @@ def test_resolve_run_with_output_dir_keeps_everything_there(tmp_path):
     assert run.models_dir.is_relative_to(tmp_path / "out")
 
 
+def test_a_quick_run_on_the_real_file_never_writes_the_committed_reports(tmp_path, monkeypatch):
+    """papermill -p QUICK True on the real file used to rewrite reports/ with smoke results."""
+    real = write(tmp_path, good_lines(), "spotify-2023.csv")
+    monkeypatch.setattr(helpers, "REAL_SHA256", helpers.file_sha256(real))
+    full, quick = helpers.resolve_run(real), helpers.resolve_run(real, quick=True)
+    assert full.is_real and full.metrics_dir == helpers.REPORTS_DIR / "metrics"
+    assert quick.is_real and quick.output_dir == helpers.BUILD_DIR / "real-quick"
+    assert not quick.metrics_dir.is_relative_to(helpers.REPORTS_DIR)
+    assert not quick.figures_dir.is_relative_to(helpers.REPORTS_DIR)
+
+
 def test_other_csv_gets_its_own_folder_and_a_note(tmp_path):
     path = write(tmp_path, good_lines(), "mine.csv")
     run = helpers.resolve_run(path)

@@ -78,3 +78,11 @@ def test_every_notebook_checks_all_its_parameters(notebook):
     exec(parameters + "\nQUICK = 'yes'\n", namespace)  # what `papermill -p QUICK yes` injects
     with pytest.raises(helpers.DataError, match="QUICK must be True or False, not 'yes'"):
         exec(check, namespace)
+
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_every_notebook_keeps_quick_runs_out_of_reports(notebook):
+    nb = json.loads((helpers.ROOT / "notebooks" / notebook).read_text(encoding="utf-8"))
+    setup = "".join(nb["cells"][2]["source"])
+    assert "resolve_run(DATA_PATH, OUTPUT_DIR, quick=QUICK)" in setup

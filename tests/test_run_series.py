@@ -119,6 +119,9 @@ def test_success_writes_notebooks_report_and_summary(run_series, tmp_path, csv_f
     assert csv_file.read_bytes() == csv_before
     assert sorted(p.name for p in (out / "notebooks").iterdir()) == [
         "01_first.ipynb", "06_results.ipynb"]  # no temp or .failed leftovers
+    status = json.loads((out / "RUN_STATUS.json").read_text())
+    assert status["status"] == "complete" and status["notebooks_done"] == ["01_first",
+                                                                            "06_results"]
 
 
 def test_failing_notebook_exits_1_and_keeps_previous_output(run_series, tmp_path, csv_file,
@@ -148,6 +151,37 @@ def test_failing_notebook_exits_1_and_keeps_previous_output(run_series, tmp_path
     assert not (out / "notebooks" / "03_later.ipynb").exists()
     assert not (out / "report.html").exists()
     assert not list((out / "notebooks").glob(".*"))
+    status = json.loads((out / "RUN_STATUS.json").read_text())  # the mix is marked
+    assert status["status"] == "failed" and status["notebooks_done"] == ["01_ok"]
+    assert "02_boom failed" in status["meaning"] and "earlier run" in status["meaning"]
+    assert "incomplete" in err
+
+
+def test_sigterm_leaves_no_hidden_files_and_marks_the_run(tmp_path):
+    """A run stopped with SIGTERM (a CI timeout, `kill`) keeps the partial notebook as
+    NN.failed.ipynb, leaves no hidden temp file and says the output is incomplete."""
+    import signal
+    import time
+
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    write_notebook(folder, "01_slow", "import time\nprint('started', flush=True)\ntime.sleep(60)")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--notebooks-dir", str(folder),
+                             "--data", str(ROOT / "data" / "sample" / "synthetic-songs.csv"),
+                             "--output", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list((out / "notebooks").glob(".01_slow.running.ipynb")):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(3)  # the kernel is running the sleeping cell
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted during 01_slow" in err
+    assert sorted(p.name for p in (out / "notebooks").iterdir()) == ["01_slow.failed.ipynb"]
+    assert json.loads((out / "RUN_STATUS.json").read_text())["status"] == "interrupted"
 
 
 def test_data_error_exits_2_before_running_anything(run_series, tmp_path, csv_file,
