@@ -145,6 +145,8 @@ def execute(notebook: Path, destination: Path, failed_copy: Path, parameters: di
         papermill.execute_notebook(str(notebook), str(temp), parameters=parameters,
                                    kernel_name="python3", language="python",
                                    cwd=str(notebook.parent),
+                                   # no "Kernel is running over TCP" warning per notebook
+                                   extra_arguments=["--IPKernelApp.log_level=ERROR"],
                                    progress_bar=sys.stderr.isatty())
     except BaseException:
         if temp.exists():

@@ -180,6 +180,7 @@ def test_sigterm_leaves_no_hidden_files_and_marks_the_run(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted during 01_slow" in err
+    assert "running over TCP" not in err  # the kernel's start-up warning is silenced
     assert sorted(p.name for p in (out / "notebooks").iterdir()) == ["01_slow.failed.ipynb"]
     assert json.loads((out / "RUN_STATUS.json").read_text())["status"] == "interrupted"
 
