@@ -264,3 +264,23 @@ def test_predict_streams_on_a_file_read_without_streams(tmp_path, linear_model):
     rows = helpers.load_raw(tmp_path / "new.csv", target=False)
     predicted = helpers.predict_streams(rows, linear_model)
     assert len(predicted) == 8 and np.isfinite(predicted).all()
+
+
+def test_cheapest_within_ignores_differences_below_the_tie_margin():
+    """The refit rule of notebook 05: the best by 0.0003 R² loses to a cheaper configuration
+    within the margin; a cheaper one outside the margin does not win; equal cost goes to
+    the better score."""
+    def results(rows):
+        keys = list(helpers.SEED_GRID)
+        return {"mean_test_score": np.array([r[-1] for r in rows]),
+                **{f"param_{helpers.grid_param(k)}": np.array([r[i] for r in rows])
+                   for i, k in enumerate(keys)}}
+
+    rows = [(0.001, 0.2, 128, 16, 100, 0.7967),   # best
+            (0.001, 0.3, 128, 32, 100, 0.7964),   # runner-up, half the steps
+            (0.001, 0.2, 128, 32, 50, 0.7926),    # within 0.01, cheapest
+            (0.001, 0.3, 128, 32, 50, 0.7897),    # same cost, lower score
+            (0.01, 0.2, 64, 32, 50, 0.7763)]      # cheaper still, but 0.02 below the best
+    assert helpers.cheapest_within(0.01)(results(rows)) == 2
+    assert helpers.cheapest_within(0.0)(results(rows)) == 0
+    assert helpers.cheapest_within(0.001)(results(rows)) == 1
