@@ -162,7 +162,7 @@ def test_predict_streams_round_trip(songs, saved_model):
 def test_saved_model_records_how_to_read_new_rows(saved_model, songs):
     info = json.loads((saved_model / "model.json").read_text())
     assert info == {"feature_set": "full", "blank_key": "C",
-                    "reference_date": str(songs["release_date"].max().date())}
+                    "reference_date": str(songs["release_date"].max().date()), "quick": False}
 
 
 def test_predict_streams_reads_a_blank_key_as_training_did(songs, saved_model):
