@@ -73,6 +73,9 @@ CATEGORIES = {
     "median_factor": (True, "typical error factor 10^median(abs log10 error), relative"),
     "loss": (False, "training / validation losses of one fit, per epoch"),
     "epochs": (False, "epochs one fit trained before EarlyStopping stopped it"),
+    "factor_std": (False, "spread over folds of the median factor (median_factor_std)"),
+    "split": (False, "05's grid: each configuration's R² on one fold (split*_test_score) and "
+                     "their spread (std_test_score); single fits, chaotic at learning rate 0.01"),
 }
 # The printed-number tolerance of a tf-derived cell without a `tolerance:` tag: the loosest of
 # these. Cells that print losses or epoch counts (single fits, far noisier) must be tagged.
@@ -92,13 +95,14 @@ SAFETY = 2.5
 # Floors keep a tolerance sane when a category happened to drift very little in the
 # measurement: values are stored with 6 decimals, so less than ~1e-5 would be noise-level.
 FLOORS = {"r2": 1e-3, "std": 1e-3, "mse": 5e-4, "mae": 5e-4, "median_factor": 2e-3,
-          "loss": 1e-3, "epochs": 1}
+          "loss": 1e-3, "epochs": 1, "factor_std": 2e-3, "split": 1e-3}
 IMAGE_FLOOR = 0.5  # RMS on the 0-255 scale
 # Used when reports/drift.json is missing: largest CPU drift per category from the first
 # measurement (native vs AVX / SSE4_2), leaving out the chaotic learning_rate=0.01 rows of
 # 05_grid's table; loss had no values then and borrows r2's figure.
 DEFAULT_CPU_DRIFT = {"r2": 0.0017, "std": 0.0041, "mse": 0.00022, "mae": 0.00067,
-                     "median_factor": 0.007, "loss": 0.0017, "epochs": 1}
+                     "median_factor": 0.007, "loss": 0.0017, "epochs": 1,
+                     "factor_std": 0.0085, "split": 0.1}
 DEFAULT_IMAGE_DRIFT = 0.1
 
 NUMBER_PLACEHOLDER = "<N>"
@@ -229,6 +233,10 @@ def metric_category(key: str) -> str | None:
         return None
     if tokens[0] == "rank" or norm.startswith("rank"):
         return RANK
+    if re.fullmatch(r"(split\d+|std)_test_score", norm):
+        return "split"
+    if "std" in tokens and "median_factor" in norm:
+        return "factor_std"
     if "std" in tokens:
         return "std"
     if "median_factor" in norm:
