@@ -217,7 +217,8 @@ def figure_rms(reference: Path, other: Path) -> dict:
 def differing_cells(reference: Path, other: Path, contract_now: contract.Contract) -> list:
     """Code cells whose outputs differ between two runs of the notebooks (exact comparison,
     after nbval's sanitizers and with the run folder masked): these cells must be tagged
-    tf-derived; says whether the printed-number tolerance covers them."""
+    tf-derived; says whether the cell's printed-number tolerance (its `tolerance:` tag, else
+    the loosest score category) covers them."""
     import nbformat
 
     base = contract.sanitizer_from_file(SANITIZERS)
@@ -241,7 +242,7 @@ def differing_cells(reference: Path, other: Path, contract_now: contract.Contrac
             exact = contract.compare_cell_outputs(x.outputs, y.outputs, None, sanitize)
             if exact:
                 tolerant = contract.compare_cell_outputs(x.outputs, y.outputs,
-                                                         contract_now.printed, sanitize)
+                                                         contract_now.for_cell(x), sanitize)
                 first = next((ln for ln in x.source.splitlines() if ln.strip()), "")
                 cells.append({"notebook": path.stem, "cell": number, "source": first[:80],
                               "tagged_tf_derived": contract.is_tf_cell(x),

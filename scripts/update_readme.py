@@ -105,10 +105,12 @@ def contract_block(drift: dict) -> str:
     targets = ", ".join(label for label, run in drift["runs"].items()
                         if run.get("onednn_max_cpu_isa", "native") != "native")
     exact = drift["scikit_learn_exact"]
+    seeded = any(run.get("seed", 42) != 42 for run in drift["runs"].values())
     lines += ["", f"Measured by `make drift` on {drift['host']} ({drift['date']}): the series "
               f"natively and with oneDNN's matrix kernels capped at older CPUs' instruction sets "
-              f"({targets}, `ONEDNN_MAX_CPU_ISA`), and once with another "
-              f"seed. Tolerance = max(floor, {drift['safety']} × CPU drift), rounded up to a "
+              f"({targets}, `ONEDNN_MAX_CPU_ISA`)"
+              f"{', and once with another seed' if seeded else ' (no other-seed run this time)'}"
+              f". Tolerance = max(floor, {drift['safety']} × CPU drift), rounded up to a "
               "1-2-5 step; relative for median_factor. scikit-learn results: "
               f"{exact['values_compared']} values compared across CPU targets, "
               f"{exact['values_differed']} differed (they are compared exactly)."]
