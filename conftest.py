@@ -238,6 +238,29 @@ def report_differences(before: dict, after: dict, exact: bool = False) -> list[s
     return messages
 
 
+FRESH_REPORTS = ROOT / "build" / "nbval-reports"
+
+
+def keep_committed(before: dict, after: dict, root: Path = ROOT,
+                   fresh_dir: Path = FRESH_REPORTS) -> list[str]:
+    """Put the committed bytes of every report file the run changed back in place (the test
+    session must leave `git status` clean: on another CPU TF numbers legitimately differ) and
+    keep the run's versions under fresh_dir for inspection. Returns the changed keys."""
+    changed = [key for key in sorted(before.keys() | after.keys())
+               if before.get(key) != after.get(key)]
+    for key in changed:
+        target = root / key
+        if after.get(key) is not None:
+            copy = fresh_dir / key
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(after[key])
+        if before.get(key) is None:
+            target.unlink(missing_ok=True)
+        else:
+            target.write_bytes(before[key])
+    return changed
+
+
 def pytest_sessionstart(session):
     session.config._reports_before = _report_files()
 
@@ -251,13 +274,19 @@ def pytest_sessionfinish(session, exitstatus):
         return
     exact = reports_exact(session.config)
     messages = report_differences(before, after, exact)
+    changed = keep_committed(before, after)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    note = (f"reports/: {len(changed)} file(s) came out different"
+            f"{' within the contract' if not messages else ''}; the committed files are back in "
+            f"place, this run's versions are in {FRESH_REPORTS.relative_to(ROOT)}/")
+    if reporter is not None:
+        reporter.write_line(note)
     if not messages:
         return
     source = "byte identity" if exact else f"tolerances {the_contract().source}"
     text = ("\nnot reproducible: re-executing the notebooks changed the committed reports "
             f"({source}):\n  " + "\n  ".join(m.replace("\n", "\n    ") for m in messages)
             + "\n(if the change is intended, run `make refresh-notebooks` and commit)")
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(text)
     else:

@@ -627,3 +627,22 @@ def test_contract_block_renders(tmp_path):
     assert "| median_factor |" in block and "0.50%" in block and "10 values compared" in block
     if "<!-- contract:start -->" not in (ROOT / "README.md").read_text(encoding="utf-8"):
         assert "contract" not in module.blocks()
+
+
+def test_session_end_puts_committed_reports_back_and_keeps_the_fresh_ones(tmp_path):
+    """`git status` stays clean after the test session, and nothing the run wrote is lost."""
+    import conftest
+
+    root, fresh = tmp_path / "repo", tmp_path / "fresh"
+    (root / "reports" / "metrics").mkdir(parents=True)
+    (root / "reports" / "metrics" / "04.json").write_bytes(b"run")
+    (root / "reports" / "metrics" / "new.json").write_bytes(b"new")
+    before = {"reports/metrics/04.json": b"committed", "reports/metrics/same.json": b"x"}
+    after = {"reports/metrics/04.json": b"run", "reports/metrics/same.json": b"x",
+             "reports/metrics/new.json": b"new"}
+    changed = conftest.keep_committed(before, after, root=root, fresh_dir=fresh)
+    assert changed == ["reports/metrics/04.json", "reports/metrics/new.json"]
+    assert (root / "reports" / "metrics" / "04.json").read_bytes() == b"committed"
+    assert not (root / "reports" / "metrics" / "new.json").exists()
+    assert (fresh / "reports" / "metrics" / "04.json").read_bytes() == b"run"
+    assert (fresh / "reports" / "metrics" / "new.json").read_bytes() == b"new"
