@@ -9,8 +9,8 @@
     go to the kernel's stderr, which ipykernel captures as cell output (with timestamps,
     process ids and the CPU's instruction sets), so nbval's comparison would always fail.
     Level 3 silences the CPU-feature message; the oneDNN notice ignores the level and is
-    only silenced by turning oneDNN off, which also makes results independent of the CPU's
-    instruction set (oneDNN's summation order differs between CPUs). Measured, TF 2.21.
+    only silenced by turning oneDNN's graph rewrites off. (Matrix products still run on
+    oneDNN's sgemm, whose kernel depends on the CPU: see ONEDNN_MAX_CPU_ISA below.)
   - PYTHONHASHSEED=0: fixes the iteration order of sets of strings (and anything derived
     from it) in the kernel, so printed output is the same as in the committed notebooks,
     which scripts/run_series.py --refresh executes with the same setting.

@@ -19,7 +19,8 @@ from numbers import Integral
 from pathlib import Path
 
 # Before TensorFlow is ever imported: silence its C++ start-up log lines (they would land in
-# notebook outputs and break nbval comparisons) and keep oneDNN off, so numbers match everywhere.
+# notebook outputs and break nbval comparisons) and keep oneDNN's graph rewrites off (their
+# notice would land in outputs too; matrix products still use oneDNN's sgemm, see below).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 # TensorFlow's matrix products still run on oneDNN's sgemm, which picks its kernel by the CPU's
@@ -938,7 +939,7 @@ def predict_streams(frame: pd.DataFrame, model_dir=None) -> pd.Series:
     else:  # the notebooks' default output, then the main job's (`make run`)
         candidates = [resolve_run().models_dir / "final", BUILD_DIR / "run" / "models" / "final"]
     if model_dir is None:  # a smoke-run model (QUICK) is used only when asked for by name
-        candidates = [c for c in candidates if not _is_quick_model(c)] or candidates[:0]
+        candidates = [c for c in candidates if not _is_quick_model(c)]
     folder = next((c for c in candidates if (c / "model.joblib").is_file()), None)
     if folder is None:
         raise DataError("No saved full (non-QUICK) model found. Run notebook 06_results first "
