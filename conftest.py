@@ -26,9 +26,16 @@
     their outputs are compared with contract.compare_cell_outputs at the printed-number
     tolerance (the loosest metric category, from reports/drift.json); every other cell keeps
     nbval's exact comparison with the sanitizers of tests/nbval_sanitize.cfg.
-  - reports/ (metrics JSON, README figures) rewritten by the notebooks are compared with
+  - the reports (metrics JSON, README figures) the notebooks write, into a copy of reports/
+    (SERIES_REPORTS_DIR=build/nbval-reports), are compared with the committed ones by
     contract.compare_metrics / compare_figure at the end of the session; byte identity on
     request: `pytest --reports-exact` or REPORTS_EXACT=1.
+* pytest-xdist (pyproject.toml: `-n 2 --dist loadfile`): each file (a notebook, a test module)
+  runs on one worker, in order; files run side by side. The notebooks do not depend on running
+  in sequence: 02's cleaned data is rebuilt at the start if missing, and every report a
+  notebook reads is in the copy from the start (see pytest_sessionstart). (`--dist loadgroup`
+  would be the finer tool, but pytest-xdist 3.8 cannot group under pytest 9.2:
+  pytest-dev/pytest-xdist#1386.)
 """
 
 from __future__ import annotations
@@ -146,9 +153,25 @@ def _is_committed_notebook(item) -> bool:
     return item.path.suffix == ".ipynb" and (ROOT / "notebooks") in item.path.parents
 
 
+# The longest files first, so that the two xdist workers start on them and finish together
+# (pyproject.toml keeps this order: --no-loadscope-reorder). Measured on the 2-core machine:
+# the smoke run ~3 min, the grid ~3 min on two processes, 06 and 04 ~2 min, test_mlp and
+# test_contract ~2 min each, 03 ~40 s; everything else is seconds.
+LONGEST_FIRST = ["tests/test_series_smoke.py", "notebooks/05_grid.ipynb",
+                 "notebooks/06_results.ipynb", "notebooks/04_mlp.ipynb", "tests/test_mlp.py",
+                 "tests/test_contract.py", "notebooks/03_baseline.ipynb"]
+
+
+def run_order(item) -> int:
+    """Position of an item's file in LONGEST_FIRST (others after, in collection order)."""
+    where = item.path.relative_to(ROOT).as_posix() if item.path.is_relative_to(ROOT) else ""
+    return LONGEST_FIRST.index(where) if where in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip every nbval item of notebooks/*.ipynb when the real data file is missing; give
-    cells tagged tf-derived the contract's tolerant comparison."""
+    cells tagged tf-derived the contract's tolerant comparison; longest files first."""
+    items.sort(key=run_order)  # stable: a file's items keep their order
     for item in items:
         if hasattr(item, "compare_outputs") and contract.is_tf_cell(getattr(item, "cell", {})):
             install_tolerant_comparison(item)
@@ -190,19 +213,36 @@ def install_tolerant_comparison(item) -> None:
 
 
 # Reproducibility check. With the real file, nbval re-executes the committed notebooks with
-# their default parameters, which rewrites reports/ (metrics JSON and README figures). Those
-# files must reproduce the committed ones under the contract (tests/contract.py): exact for
-# everything scikit-learn computes and for every non-metric value, TF-derived metrics and
-# figures within the measured tolerances. With --reports-exact (or REPORTS_EXACT=1): byte
-# identity. Compared at the end of the session; any difference fails the run.
+# their default parameters, which write the committed results (metrics JSON, README figures).
+# In the test session they write a copy instead: SERIES_REPORTS_DIR (read by
+# helpers.resolve_run) points them at build/nbval-reports/, filled with the committed files at
+# the start (a notebook validated alone reads its inputs there), so reports/ itself is never
+# written and `git status` stays clean. At the end the copy must reproduce the committed files
+# under the contract (tests/contract.py): exact for everything scikit-learn computes and for
+# every non-metric value, TF-derived metrics and figures within the measured tolerances. With
+# --reports-exact (or REPORTS_EXACT=1): byte identity. Any difference fails the run.
 REPORTS = ROOT / "reports"
-NOT_CHECKED = {"benchmark.json", "drift.json"}  # machine measurements, not results
+FRESH_REPORTS = ROOT / "build" / "nbval-reports"
+CHECKED_FOLDERS = ["metrics", "figures"]  # not benchmark.json, drift.json: measurements
+os.environ["SERIES_REPORTS_DIR"] = str(FRESH_REPORTS)  # inherited by every notebook kernel
 
 
-def _report_files() -> dict:
-    return {p.relative_to(ROOT).as_posix(): p.read_bytes()
-            for p in sorted(REPORTS.rglob("*")) if p.is_file() and p.suffix in {".json", ".png"}
-            and p.name not in NOT_CHECKED}
+def _report_files(folder: Path = REPORTS) -> dict:
+    """{"reports/metrics/04_mlp.json": bytes, ...} of the checked files under `folder`."""
+    return {f"reports/{p.relative_to(folder).as_posix()}": p.read_bytes()
+            for sub in CHECKED_FOLDERS for p in sorted((folder / sub).glob("*"))
+            if p.is_file() and p.suffix in {".json", ".png"}}
+
+
+def copy_committed_reports(source: Path = REPORTS, target: Path = FRESH_REPORTS) -> dict:
+    """Replace `target` with a copy of the checked folders of `source`; return their files."""
+    import shutil
+
+    shutil.rmtree(target, ignore_errors=True)
+    for sub in CHECKED_FOLDERS:
+        if (source / sub).is_dir():
+            shutil.copytree(source / sub, target / sub)
+    return _report_files(source)
 
 
 def reports_exact(config) -> bool:
@@ -238,47 +278,52 @@ def report_differences(before: dict, after: dict, exact: bool = False) -> list[s
     return messages
 
 
-FRESH_REPORTS = ROOT / "build" / "nbval-reports"
+def is_xdist_worker(config) -> bool:
+    """True in a pytest-xdist worker: the reports check runs once, in the main process, which
+    starts before the workers and ends after them."""
+    return hasattr(config, "workerinput")
 
 
-def keep_committed(before: dict, after: dict, root: Path = ROOT,
-                   fresh_dir: Path = FRESH_REPORTS) -> list[str]:
-    """Put the committed bytes of every report file the run changed back in place (the test
-    session must leave `git status` clean: on another CPU TF numbers legitimately differ) and
-    keep the run's versions under fresh_dir for inspection. Returns the changed keys."""
-    changed = [key for key in sorted(before.keys() | after.keys())
-               if before.get(key) != after.get(key)]
-    for key in changed:
-        target = root / key
-        if after.get(key) is not None:
-            copy = fresh_dir / key
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            copy.write_bytes(after[key])
-        if before.get(key) is None:
-            target.unlink(missing_ok=True)
-        else:
-            target.write_bytes(before[key])
-    return changed
+def rebuild_cleaned_data() -> str | None:
+    """Notebooks 03-06 read the cleaned data that 02 writes (build/real/, not committed). When
+    they are validated without 02 (`pytest notebooks/04_mlp.ipynb` on a fresh clone), build it
+    first, as 02 would, so that their outputs match; returns a line saying so, or None."""
+    if notebook_skip_reason() is not None:
+        return None
+    import helpers
+
+    path = helpers.resolve_run(RAW_DATA).processed_path
+    if path.is_file():
+        return None
+    songs = helpers.save_clean(helpers.clean(helpers.load_raw(RAW_DATA)), path)
+    return (f"cleaned data: {songs.relative_to(ROOT)} was missing; rebuilt it from "
+            f"{RAW_DATA.relative_to(ROOT)} as notebook 02 does")
 
 
 def pytest_sessionstart(session):
-    session.config._reports_before = _report_files()
+    if is_xdist_worker(session.config):
+        return
+    session.config._reports_before = copy_committed_reports()
+    note = rebuild_cleaned_data()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if note and reporter is not None:
+        reporter.write_line(note)
 
 
 def pytest_sessionfinish(session, exitstatus):
     before = getattr(session.config, "_reports_before", None)
     if before is None:
         return
-    after = _report_files()
+    after = _report_files(FRESH_REPORTS)
     if after == before:
         return
     exact = reports_exact(session.config)
     messages = report_differences(before, after, exact)
-    changed = keep_committed(before, after)
+    changed = [key for key in before.keys() | after.keys() if before.get(key) != after.get(key)]
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     note = (f"reports/: {len(changed)} file(s) came out different"
-            f"{' within the contract' if not messages else ''}; the committed files are back in "
-            f"place, this run's versions are in {FRESH_REPORTS.relative_to(ROOT)}/")
+            f"{' within the contract' if not messages else ''} (this run's versions: "
+            f"{FRESH_REPORTS.relative_to(ROOT)}/; reports/ itself is never written by the tests)")
     if reporter is not None:
         reporter.write_line(note)
     if not messages:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -40,6 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--output", default="build/run", help="output folder (default: build/run)")
     add("--quick", action="store_true", help="fast smoke run (fewer repeats and epochs)")
     add("--seed", type=int, default=42, help="random seed for every notebook (default: 42)")
+    add("--jobs", type=int, help="processes for the notebooks' parallel fits (N_JOBS; default: "
+        "the notebooks' own, 2; with --quick: 1, since starting worker processes costs more "
+        "than a smoke run's few short fits)")
     add("--only", help="comma-separated notebook numbers to run, e.g. 01,03")
     add("--refresh", action="store_true",
         help="maintainer: re-execute notebooks/ in place, unparameterized, on the real file")
@@ -77,7 +81,8 @@ def prepare_run(helpers, args: argparse.Namespace):
     if args.refresh and args.data:
         raise UsageError("--refresh always uses data/spotify-2023.csv; drop --data")
     try:  # the notebooks check them too (papermill -p): one rule, in helpers
-        helpers.check_parameters(SEED=args.seed, QUICK=args.quick)
+        helpers.check_parameters(SEED=args.seed, QUICK=args.quick,
+                                 **({"N_JOBS": args.jobs} if args.jobs is not None else {}))
     except helpers.DataError as exc:
         raise UsageError(f"{exc}") from exc
     data = Path(args.data).resolve() if args.data else None
@@ -129,6 +134,18 @@ def boxed(text: str) -> str:
 RAW_ROWS_TAG = "raw-rows"  # cells that display rows of the data file (also nbval-ignore-output)
 RAW_ROWS_NOTE = ("(output left out of the committed notebook: it shows rows of the Kaggle "
                  "file; run the notebook to see it)\n")
+
+
+def with_jobs(notebook: Path, parameters: dict, jobs: int | None) -> dict:
+    """`parameters`, plus N_JOBS=jobs for a notebook whose parameters cell declares N_JOBS."""
+    if jobs is None or not parameters:
+        return parameters
+    import nbformat
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    declared = any("parameters" in c.metadata.get("tags", []) and
+                   re.search(r"^N_JOBS\s*=", c.source, re.M) for c in cells)
+    return {**parameters, "N_JOBS": jobs} if declared else parameters
 
 
 def execute(notebook: Path, destination: Path, failed_copy: Path, parameters: dict,
@@ -260,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parameters = {} if args.refresh else {"DATA_PATH": str(run.data_path),
                                           "OUTPUT_DIR": str(out_dir),
                                           "SEED": args.seed, "QUICK": args.quick}
+    jobs = args.jobs if args.jobs is not None else (1 if args.quick else None)
     executed = []
     write_status(out_dir, "incomplete", run.data_path, [])
     signal.signal(signal.SIGTERM, _terminated)
@@ -270,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         failed_copy = out_notebooks / f"{notebook.stem}.failed.ipynb"
         done = [p.stem for p in executed]
         try:
-            execute(notebook, destination, failed_copy, parameters, refresh=args.refresh)
+            execute(notebook, destination, failed_copy, with_jobs(notebook, parameters, jobs),
+                    refresh=args.refresh)
         except KeyboardInterrupt:
             write_status(out_dir, "interrupted", run.data_path, done,
                          f"interrupted during {notebook.stem}")

@@ -471,9 +471,9 @@ def test_nbval_hook_tolerates_tagged_cells_only():
             cells.append(cell)
         notebook = folder / "hook.ipynb"
         nbformat.write(nbformat.v4.new_notebook(cells=cells), notebook)
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider",
-                               str(notebook.relative_to(ROOT))], cwd=ROOT, capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-v", "-n", "0", "-p",
+                               "no:cacheprovider", str(notebook.relative_to(ROOT))], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     out = proc.stdout
@@ -629,20 +629,22 @@ def test_contract_block_renders(tmp_path):
         assert "contract" not in module.blocks()
 
 
-def test_session_end_puts_committed_reports_back_and_keeps_the_fresh_ones(tmp_path):
-    """`git status` stays clean after the test session, and nothing the run wrote is lost."""
+def test_session_writes_a_copy_of_the_reports_never_reports_itself(tmp_path, monkeypatch):
+    """`git status` stays clean after the test session: the notebooks validated by nbval write
+    their reports into a copy of the committed ones (SERIES_REPORTS_DIR), compared at the end."""
     import conftest
+    import helpers
 
-    root, fresh = tmp_path / "repo", tmp_path / "fresh"
-    (root / "reports" / "metrics").mkdir(parents=True)
-    (root / "reports" / "metrics" / "04.json").write_bytes(b"run")
-    (root / "reports" / "metrics" / "new.json").write_bytes(b"new")
-    before = {"reports/metrics/04.json": b"committed", "reports/metrics/same.json": b"x"}
-    after = {"reports/metrics/04.json": b"run", "reports/metrics/same.json": b"x",
-             "reports/metrics/new.json": b"new"}
-    changed = conftest.keep_committed(before, after, root=root, fresh_dir=fresh)
-    assert changed == ["reports/metrics/04.json", "reports/metrics/new.json"]
-    assert (root / "reports" / "metrics" / "04.json").read_bytes() == b"committed"
-    assert not (root / "reports" / "metrics" / "new.json").exists()
-    assert (fresh / "reports" / "metrics" / "04.json").read_bytes() == b"run"
-    assert (fresh / "reports" / "metrics" / "new.json").read_bytes() == b"new"
+    committed, copy = tmp_path / "reports", tmp_path / "copy"
+    (committed / "metrics").mkdir(parents=True)
+    (committed / "metrics" / "04.json").write_bytes(b"committed")
+    (committed / "benchmark.json").write_bytes(b"not checked")
+    (copy / "metrics").mkdir(parents=True)
+    (copy / "metrics" / "stale.json").write_bytes(b"from an earlier session")
+    before = conftest.copy_committed_reports(committed, copy)
+    assert before == {"reports/metrics/04.json": b"committed"}
+    assert conftest._report_files(copy) == before  # the stale file is gone
+    assert os.environ["SERIES_REPORTS_DIR"] == str(conftest.FRESH_REPORTS)
+    real = helpers.resolve_run(conftest.RAW_DATA) if conftest.RAW_DATA.is_file() else None
+    if real is not None and real.is_real:
+        assert real.metrics_dir == conftest.FRESH_REPORTS / "metrics"

@@ -306,6 +306,16 @@ def test_load_clean_names_the_notebook_to_run(tmp_path):
         helpers.load_clean(tmp_path / "nothing.csv")
 
 
+def test_load_clean_rebuilds_missing_cleaned_data_and_says_so(tmp_path, sample_clean, capsys):
+    """A notebook opened alone (no 02 before it) rebuilds the cleaned table as 02 does."""
+    path = tmp_path / "processed" / "clean.csv"
+    songs = helpers.load_clean(path, rebuild_from=helpers.SAMPLE_DATA)
+    assert "Cleaned data not found" in capsys.readouterr().out and path.is_file()
+    pd.testing.assert_frame_equal(songs, sample_clean.data, check_dtype=False)
+    helpers.load_clean(path, rebuild_from=helpers.SAMPLE_DATA)
+    assert capsys.readouterr().out == ""  # present: read, not rebuilt
+
+
 # --- the synthetic sample ------------------------------------------------------------------------
 
 def test_committed_sample_is_what_the_generator_makes():
@@ -349,11 +359,22 @@ def test_a_quick_run_on_the_real_file_never_writes_the_committed_reports(tmp_pat
     """papermill -p QUICK True on the real file used to rewrite reports/ with smoke results."""
     real = write(tmp_path, good_lines(), "spotify-2023.csv")
     monkeypatch.setattr(helpers, "REAL_SHA256", helpers.file_sha256(real))
+    monkeypatch.delenv("SERIES_REPORTS_DIR", raising=False)  # set by conftest.py
     full, quick = helpers.resolve_run(real), helpers.resolve_run(real, quick=True)
     assert full.is_real and full.metrics_dir == helpers.REPORTS_DIR / "metrics"
     assert quick.is_real and quick.output_dir == helpers.BUILD_DIR / "real-quick"
     assert not quick.metrics_dir.is_relative_to(helpers.REPORTS_DIR)
     assert not quick.figures_dir.is_relative_to(helpers.REPORTS_DIR)
+
+
+def test_series_reports_dir_redirects_the_committed_results(tmp_path, monkeypatch):
+    """The test session validates the committed notebooks without touching reports/."""
+    real = write(tmp_path, good_lines(), "spotify-2023.csv")
+    monkeypatch.setattr(helpers, "REAL_SHA256", helpers.file_sha256(real))
+    monkeypatch.setenv("SERIES_REPORTS_DIR", str(tmp_path / "copy"))
+    run = helpers.resolve_run(real)
+    assert run.metrics_dir == tmp_path / "copy" / "metrics"
+    assert run.figures_dir == tmp_path / "copy" / "figures"
 
 
 def test_other_csv_gets_its_own_folder_and_a_note(tmp_path):

@@ -125,5 +125,5 @@ def test_search_runs_unchanged_on_a_dask_cluster(songs, monkeypatch):
 
 def test_unreachable_scheduler_is_a_clear_error():
     with pytest.raises(helpers.DataError, match="Cannot reach the Dask scheduler"):
-        with helpers.parallel_backend("tcp://127.0.0.1:9"):
+        with helpers.parallel_backend("tcp://127.0.0.1:9", timeout="1s"):
             pass

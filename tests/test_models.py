@@ -147,6 +147,19 @@ def test_save_metrics_writes_rounded_json(tmp_path):
         helpers.load_metrics(run, "98_missing")
 
 
+def test_load_metrics_falls_back_to_the_committed_reports_on_the_real_file(tmp_path, capsys):
+    """With SERIES_REPORTS_DIR elsewhere, 06 alone still finds 05's tuned configuration."""
+    committed = helpers.REPORTS_DIR / "metrics" / "05_grid.json"
+    if not committed.is_file():
+        pytest.skip("reports/metrics/05_grid.json is not committed here")
+    real = helpers.Run(helpers.RAW_DATA, tmp_path, tmp_path / "metrics", True, False)
+    assert helpers.load_metrics(real, "05_grid")["tuned"]
+    assert "using the committed" in capsys.readouterr().out
+    other = helpers.Run(helpers.SAMPLE_DATA, tmp_path, tmp_path / "metrics", False, True)
+    with pytest.raises(DataError, match="Run that notebook first"):
+        helpers.load_metrics(other, "05_grid")
+
+
 # --- the saved model ----------------------------------------------------------------------------
 
 def test_predict_streams_round_trip(songs, saved_model):

@@ -385,3 +385,18 @@ def test_bad_seed_exits_2_with_the_notebooks_rule(run_series, tmp_path, csv_file
     err = capsys.readouterr().err
     assert code == 2 and "error: Bad notebook parameter(s): SEED must be a whole number" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_jobs_reach_only_the_notebooks_that_declare_n_jobs(run_series, tmp_path):
+    """--jobs (and --quick's default of one process) is passed as N_JOBS where the parameters
+    cell declares it; papermill would otherwise inject an unknown parameter elsewhere."""
+    plain = write_notebook(tmp_path, "01_plain", "x = 1")
+    parallel = write_notebook(tmp_path, "04_parallel", "x = 1")
+    nb = nbformat.read(parallel, as_version=4)
+    nb.cells[1].source += "\nN_JOBS = 2"  # the parameters cell
+    nbformat.write(nb, parallel)
+    parameters = {"SEED": 42}
+    assert run_series.with_jobs(plain, parameters, 1) == parameters
+    assert run_series.with_jobs(parallel, parameters, 1) == {"SEED": 42, "N_JOBS": 1}
+    assert run_series.with_jobs(parallel, parameters, None) == parameters
+    assert run_series.with_jobs(parallel, {}, 1) == {}  # --refresh: the committed defaults
