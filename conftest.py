@@ -45,6 +45,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -224,7 +225,10 @@ def install_tolerant_comparison(item) -> None:
 REPORTS = ROOT / "reports"
 FRESH_REPORTS = ROOT / "build" / "nbval-reports"
 CHECKED_FOLDERS = ["metrics", "figures"]  # not benchmark.json, drift.json: measurements
-os.environ["SERIES_REPORTS_DIR"] = str(FRESH_REPORTS)  # inherited by every notebook kernel
+# A test that starts a pytest session of its own (test_nbval_hook_...) must not refill the
+# copy of the session around it: the outer session marks the environment, the inner one then
+# works in a private copy.
+SESSION_MARK = "SERIES_TEST_SESSION"
 
 
 def _report_files(folder: Path = REPORTS) -> dict:
@@ -303,27 +307,68 @@ def rebuild_cleaned_data() -> str | None:
 def pytest_sessionstart(session):
     if is_xdist_worker(session.config):
         return
-    session.config._reports_before = copy_committed_reports()
+    nested = os.environ.get(SESSION_MARK) == "1"
+    fresh = ROOT / "build" / f"nbval-reports-nested-{os.getpid()}" if nested else FRESH_REPORTS
+    os.environ[SESSION_MARK] = "1"
+    os.environ["SERIES_REPORTS_DIR"] = str(fresh)  # inherited by the workers and the kernels
+    session.config._fresh_reports, session.config._nested = fresh, nested
+    session.config._started = time.time()
+    session.config._notebooks_run = set()
+    session.config._reports_before = copy_committed_reports(target=fresh)
     note = rebuild_cleaned_data()
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if note and reporter is not None:
         reporter.write_line(note)
 
 
+_MAIN = []  # the main process's config (not set in xdist workers)
+
+
+def pytest_configure(config):
+    if not is_xdist_worker(config):
+        _MAIN.append(config)
+
+
+def pytest_runtest_logreport(report):
+    """Remember which committed notebooks ran (main process: xdist forwards the reports)."""
+    if (_MAIN and report.when == "call" and report.passed
+            and report.nodeid.startswith("notebooks/")):
+        _MAIN[0]._notebooks_run.add(report.nodeid.split("::")[0])
+
+
+def unwritten_reports(fresh: Path, notebooks_run: set, started: float) -> list[str]:
+    """Messages for each notebook that ran but did not rewrite its metrics in the copy: then
+    the check below would compare the committed file with itself and prove nothing."""
+    messages = []
+    for nodepath in sorted(notebooks_run):
+        metrics = fresh / "metrics" / f"{Path(nodepath).stem}.json"
+        if (REPORTS / "metrics" / metrics.name).is_file() and (
+                not metrics.is_file() or metrics.stat().st_mtime < started):
+            messages.append(f"{nodepath} ran but did not write {metrics}; "
+                            "the reports check would compare the committed file with itself")
+    return messages
+
+
 def pytest_sessionfinish(session, exitstatus):
     before = getattr(session.config, "_reports_before", None)
     if before is None:
         return
-    after = _report_files(FRESH_REPORTS)
-    if after == before:
+    fresh = session.config._fresh_reports
+    after = _report_files(fresh)
+    problems = unwritten_reports(fresh, session.config._notebooks_run, session.config._started)
+    if session.config._nested:
+        import shutil
+
+        shutil.rmtree(fresh, ignore_errors=True)
+    if after == before and not problems:
         return
     exact = reports_exact(session.config)
-    messages = report_differences(before, after, exact)
+    messages = problems + report_differences(before, after, exact)
     changed = [key for key in before.keys() | after.keys() if before.get(key) != after.get(key)]
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     note = (f"reports/: {len(changed)} file(s) came out different"
             f"{' within the contract' if not messages else ''} (this run's versions: "
-            f"{FRESH_REPORTS.relative_to(ROOT)}/; reports/ itself is never written by the tests)")
+            f"{fresh}; reports/ itself is never written by the tests)")
     if reporter is not None:
         reporter.write_line(note)
     if not messages:

@@ -164,7 +164,9 @@ def execute(notebook: Path, destination: Path, failed_copy: Path, parameters: di
                                    cwd=str(notebook.parent),
                                    # no "Kernel is running over TCP" warning per notebook
                                    extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                                   progress_bar=sys.stderr.isatty())
+                                   # on a terminal: one bar per notebook, named
+                                   progress_bar={"desc": notebook.stem}
+                                   if sys.stderr.isatty() else False)
     except BaseException:
         if temp.exists():
             os.replace(temp, failed_copy)

@@ -648,3 +648,23 @@ def test_session_writes_a_copy_of_the_reports_never_reports_itself(tmp_path, mon
     real = helpers.resolve_run(conftest.RAW_DATA) if conftest.RAW_DATA.is_file() else None
     if real is not None and real.is_real:
         assert real.metrics_dir == conftest.FRESH_REPORTS / "metrics"
+
+
+def test_a_notebook_that_ran_without_writing_its_metrics_is_reported(tmp_path):
+    """The reports check compares the copy the notebooks wrote; if a notebook ran but its
+    metrics in the copy are still the committed ones, the check would prove nothing."""
+    import time
+
+    import conftest
+
+    fresh = tmp_path / "copy"
+    (fresh / "metrics").mkdir(parents=True)
+    stale = fresh / "metrics" / "03_baseline.json"
+    stale.write_text("{}")
+    os.utime(stale, (1, 1))  # as copied from reports/: an old modification time
+    started = time.time()
+    ran = {"notebooks/03_baseline.ipynb", "notebooks/01_eda.ipynb"}  # 01 writes no metrics
+    messages = conftest.unwritten_reports(fresh, ran, started)
+    assert len(messages) == 1 and "03_baseline.ipynb ran but did not write" in messages[0]
+    stale.write_text("{}")  # rewritten now, as a notebook run would
+    assert conftest.unwritten_reports(fresh, ran, started) == []

@@ -1,0 +1,51 @@
+"""The figures: sharp enough for the README, stream counts in readable units."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+import helpers  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def style():
+    helpers.use_plot_style()
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def labels(axis) -> list[str]:
+    return [t.get_text() for t in axis.get_majorticklabels()]
+
+
+def test_figures_are_at_least_150_dpi():
+    assert matplotlib.rcParams["figure.dpi"] >= 150 and matplotlib.rcParams["savefig.dpi"] >= 150
+
+
+@pytest.mark.parametrize("value, text", [(1e6, "1 M"), (3e7, "30 M"), (1e9, "1 B"),
+                                         (2.5e9, "2.5 B"), (5e3, "5 k")])
+def test_counts_read_as_thousands_millions_billions(value, text):
+    assert helpers._count_label(value) == text
+
+
+def test_stream_axes_are_labelled_in_streams_not_log10():
+    rng = np.random.default_rng(0)
+    y = rng.normal(8.3, 0.5, 100)
+    pred = 0.7 * y + 2.5
+    fig = helpers.plot_actual_vs_predicted(y, {"a": pred})
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert {"100 M", "1 B"} <= set(labels(ax.xaxis)) and "100 M" in labels(ax.yaxis)
+    assert "log10" not in ax.get_xlabel() + ax.get_ylabel()
+    fig = helpers.plot_residuals(y, {"a": pred})
+    fig.canvas.draw()
+    assert "×1" in labels(fig.axes[0].yaxis) and "predicted" in fig.axes[0].get_xlabel()
+    fig = helpers.plot_target_distribution(pd.Series(10 ** y))
+    fig.canvas.draw()
+    assert "100 M" in labels(fig.axes[1].xaxis)
