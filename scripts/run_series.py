@@ -216,25 +216,50 @@ def build_report(executed: list[Path], destination: Path) -> None:
     destination.write_text(body, encoding="utf-8")
 
 
+SUMMARY_COLUMNS = [("model", "model", 24, "<", ""), ("feature_set", "feature set", 12, "<", ""),
+                   ("r2", "test R²", 8, ">", ".3f"), ("mae", "MAE (log10)", 12, ">", ".3f"),
+                   ("median_factor", "typical error", 14, ">", ".2f")]
+
+
+def takeaway(headline: list) -> str:
+    """One sentence from the headline rows: the best model overall and per feature set."""
+    best = max(headline, key=lambda row: row.get("r2", float("-inf")))
+    text = (f"Best: {best['model']} on the {best['feature_set']} features, test R² "
+            f"{best['r2']:.3f}; half of its songs are within a factor of "
+            f"{best['median_factor']:.2f} of their real stream count.")
+    others = {}
+    for row in headline:
+        if row["feature_set"] != best["feature_set"]:
+            others[row["feature_set"]] = max(others.get(row["feature_set"], -1e9), row["r2"])
+    if others:
+        text += " On the other feature sets the best test R² is " + " and ".join(
+            f"{r2:.3f} ({fs})" for fs, r2 in others.items()) + "."
+    return text
+
+
 def print_summary(run, report: Path, out_notebooks: Path, banner: str) -> None:
-    """One screen: where things are and the headline metrics of 06_results, if any."""
+    """One screen: where things are and the headline (test-set) metrics of 06_results."""
     metrics_dir = Path(run.metrics_dir)
-    print(f"\nreport:    {report}\nnotebooks: {out_notebooks}\nmetrics:   {metrics_dir}")
+    print(f"\nreport:    {Path(report).resolve().as_uri()}\nnotebooks: {out_notebooks}\n"
+          f"metrics:   {metrics_dir}")
     results = metrics_dir / "06_results.json"
     headline = json.loads(results.read_text()).get("headline") if results.is_file() else None
     if not headline:
         print("no headline metrics (06 not run)")
     else:
-        columns = [("model", 24, "<", ""), ("feature_set", 16, "<", ""), ("r2", 7, ">", ".3f"),
-                   ("mae", 8, ">", ".3f"), ("median_factor", 14, ">", ".2f")]
-        print("\n" + " ".join(f"{key:{align}{width}}" for key, width, align, _ in columns))
+        print("\nTest set (songs held out from every fit and every choice), predicting "
+              "log10(streams).\n'typical error' ×f: half of the songs are predicted within "
+              "a factor f of their real stream count.\n")
+        print(" ".join(f"{title:{align}{width}}" for _, title, width, align, _ in SUMMARY_COLUMNS))
         for row in headline:
             cells = []
-            for key, width, align, number in columns:
+            for key, _, width, align, number in SUMMARY_COLUMNS:
                 value = row.get(key, "")
                 text = format(value, number) if isinstance(value, int | float) else str(value)
+                text = f"×{text}" if key == "median_factor" and text else text
                 cells.append(f"{text:{align}{width}}")
             print(" ".join(cells))
+        print("\n" + takeaway(headline))
     if banner:
         print("\n" + boxed(banner))
 

@@ -42,7 +42,7 @@ def test_fast_path_scores_like_plain_model_fit(songs, data):
     from sklearn.preprocessing import StandardScaler
 
     X, y = data
-    splits = helpers.cv_splits(songs, seed=0, n_repeats=1)
+    splits = helpers.cv_splits(songs, seed=0, n_splits=3, n_repeats=1)
     fast = helpers.cross_validate_model(helpers.make_mlp("full", seed=0, **TINY), songs, "full",
                                         splits)["r2"]
     plain = []
@@ -59,32 +59,40 @@ def test_fast_path_scores_like_plain_model_fit(songs, data):
     assert abs(fast.mean() - np.mean(plain)) < max(fast.std(), np.std(plain))
 
 
-def test_reused_training_graph_gives_a_fresh_models_result(data):
+FRESH_SEED = 1
+
+
+@pytest.fixture(scope="module")
+def fresh_processes():
+    """Predictions of the same fit (seed FRESH_SEED) in two fresh processes, run side by side."""
+    code = (
+        "import json, helpers\n"
+        "songs = helpers.add_features(helpers.clean(helpers.load_raw(helpers.SAMPLE_DATA)).data)\n"
+        "X, y = songs[helpers.feature_columns('full')], helpers.log_streams(songs)\n"
+        f"m = helpers.make_mlp('full', seed={FRESH_SEED}, **{TINY!r}).fit(X, y)\n"
+        "print(json.dumps(m.predict(X.iloc[:20]).tolist()))\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), [err for _, err in outputs]
+    return [np.array(json.loads(out.strip().splitlines()[-1]), dtype=np.float32)
+            for out, _ in outputs]
+
+
+def test_reused_training_graph_gives_a_fresh_models_result(data, fresh_processes):
     """Fits that reuse a traced training step (after other configurations trained on it) give
     bit-identical predictions to the same fit in a fresh process."""
     X, y = data
     others = [{"learning_rate": 0.01, "batch_size": 64, "epochs": 3}, {"dropout": 0.3}]
     for params in others:
         helpers.make_mlp("full", seed=5, **{**TINY, **params}).fit(X, y)
-    here = helpers.make_mlp("full", seed=1, **TINY).fit(X, y).predict(X.iloc[:20])
-    np.testing.assert_array_equal(here, fresh_process_predictions(seed=1))
+    here = helpers.make_mlp("full", seed=FRESH_SEED, **TINY).fit(X, y).predict(X.iloc[:20])
+    np.testing.assert_array_equal(here, fresh_processes[0])
 
 
-def fresh_process_predictions(seed):
-    code = (
-        "import json, helpers\n"
-        "songs = helpers.add_features(helpers.clean(helpers.load_raw(helpers.SAMPLE_DATA)).data)\n"
-        "X, y = songs[helpers.feature_columns('full')], helpers.log_streams(songs)\n"
-        f"m = helpers.make_mlp('full', seed={seed}, **{TINY!r}).fit(X, y)\n"
-        "print(json.dumps(m.predict(X.iloc[:20]).tolist()))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    return np.array(json.loads(out.stdout.strip().splitlines()[-1]), dtype=np.float32)
-
-
-def test_two_runs_in_two_processes_are_identical():
-    np.testing.assert_array_equal(fresh_process_predictions(2), fresh_process_predictions(2))
+def test_two_runs_in_two_processes_are_identical(fresh_processes):
+    np.testing.assert_array_equal(*fresh_processes)
 
 
 def test_seed_changes_the_result(data):
@@ -104,16 +112,21 @@ def small_search(songs, n_jobs):
     return pd.DataFrame(search.cv_results_)[keep]
 
 
-def test_search_is_the_same_on_one_and_two_processes(songs):
-    pd.testing.assert_frame_equal(small_search(songs, 1), small_search(songs, 2))
+@pytest.fixture(scope="module")
+def one_process_search(songs):
+    return small_search(songs, 1)
 
 
-def test_search_runs_unchanged_on_a_dask_cluster(songs, monkeypatch):
+def test_search_is_the_same_on_one_and_two_processes(songs, one_process_search):
+    pd.testing.assert_frame_equal(one_process_search, small_search(songs, 2))
+
+
+def test_search_runs_unchanged_on_a_dask_cluster(songs, one_process_search, monkeypatch):
     """A real dask.distributed LocalCluster (two worker processes); the scheduler address
     reaches the search through DASK_SCHEDULER_ADDRESS, as a user would set it."""
     from dask.distributed import LocalCluster
 
-    local = small_search(songs, 1)
+    local = one_process_search
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)

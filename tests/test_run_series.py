@@ -113,8 +113,10 @@ def test_success_writes_notebooks_report_and_summary(run_series, tmp_path, csv_f
     html = (out / "report.html").read_text()
     assert "01_first" in html and "06_results" in html and "seed is 7 quick is True" in html
     assert "[1/2] 01_first" in printed and "[2/2] 06_results" in printed
-    assert "ridge" in printed and "0.510" in printed
-    assert str(out / "report.html") in printed
+    assert "ridge" in printed and "0.510" in printed and "×2.00" in printed
+    assert "Test set" in printed and "typical error" in printed  # labelled, not raw keys
+    assert "Best: ridge on the platform features, test R² 0.510" in printed
+    assert (out / "report.html").resolve().as_uri() in printed  # a link a terminal can open
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # inputs untouched
     assert csv_file.read_bytes() == csv_before
     assert sorted(p.name for p in (out / "notebooks").iterdir()) == [
