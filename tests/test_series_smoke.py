@@ -3,6 +3,7 @@ synthetic banner everywhere. (That two runs agree is tested where it is cheaper:
 Keras fits in two processes in test_mlp.py, the committed notebooks re-executed by nbval.)"""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,56 @@ def test_every_notebook_shows_the_synthetic_banner(quick_run):
         nb = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
         text = json.dumps([c.get("outputs", []) for c in nb.cells])
         assert "SYNTHETIC SAMPLE" in text, f"{name} does not show the synthetic banner"
+
+
+def test_the_report_reads_like_a_report(quick_run):
+    """report.html: a real title; on top this run's answer and test-set table, the synthetic
+    banner, the saved figures and the conclusions; each notebook a section listed in the
+    contents; every internal link lands; code folded, no prompts, no papermill parameters
+    (absolute paths); nothing loaded from the network."""
+    from bs4 import BeautifulSoup
+
+    out, proc = quick_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = (out / "report.html").read_text(encoding="utf-8")
+    soup = BeautifulSoup(text, "html.parser")
+    results = json.loads((out / "metrics" / "06_results.json").read_text())
+    assert soup.title.string.startswith("Predicting Spotify streams")
+    assert helpers.SAMPLE_DATA.name in soup.title.string
+
+    first_notebook = text.index('<section class="report-notebook"')
+    top = BeautifulSoup(text[:first_notebook], "html.parser")
+    answer = top.find("p", class_="report-answer").get_text()
+    best = max(results["headline"], key=lambda row: row["r2"])
+    assert f"test R² {best['r2']:.3f}" in answer and f"{results['n_test']} test songs" in answer
+    table = top.find("table", class_="report-table").get_text()
+    assert all(f"{row['r2']:.3f}" in table for row in results["headline"])
+    assert "SYNTHETIC SAMPLE" in top.find(class_="report-banner").get_text()
+    figures = top.select("figure.report-figure img")
+    assert len(figures) == len(list((out / "figures").glob("*.png"))) >= 2
+    assert all(img["src"].startswith("data:image/png;base64,") for img in figures)
+    assert top.find(id="conclusions") is not None
+
+    sections = soup.find_all("section", class_="report-notebook")
+    assert [section["id"] for section in sections] == NOTEBOOKS
+    assert all(section.find("h1") is not None for section in sections)
+    toc = soup.find("nav", class_="report-toc")
+    assert [li.a["href"] for li in toc.ol.find_all("li", recursive=False)] == [
+        f"#{name}" for name in NOTEBOOKS]
+    assert len(toc.select("ol ol a")) >= 3 * len(NOTEBOOKS)  # their sections
+    ids = [tag["id"] for tag in soup.find_all(id=True)]
+    assert len(ids) == len(set(ids)), "duplicate ids"
+    hrefs = [a["href"] for a in soup.find_all("a", href=True)]
+    assert [h for h in hrefs if h.startswith("#") and h[1:] not in set(ids)] == []
+    assert [h for h in hrefs if ".ipynb" in h] == []  # the "Next:" links point inside
+
+    for area in soup.select(".jp-CodeCell .jp-InputArea"):
+        details = area.find_parent("details")
+        assert details is not None and not details.has_attr("open"), "code not folded"
+    assert not re.search(r"\b(In|Out)\s*\[[\d\s]*\]:", soup.find("main").get_text())
+    assert str(out) not in text and str(helpers.SAMPLE_DATA) not in text  # injected paths
+
+    remote = re.compile(r"^(https?:)?//")
+    assert not [tag.get("src") or tag.get("href") for tag in soup.find_all(["script", "link"])
+                if remote.match(tag.get("src") or tag.get("href") or "")]
+    assert not re.search(r"""import\(\s*["']https?:""", text)
