@@ -329,6 +329,25 @@ def pytest_configure(config):
         _MAIN.append(config)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    """A committed notebook's kernel (started by nbval in the setup of its first cell) runs
+    the notebook's joblib-parallel fits (N_JOBS) one after another: the two xdist workers
+    already keep both cores busy, and a kernel's own worker processes would only add their
+    TensorFlow imports and contention (measured: the suite ran no slower sequentially). joblib's
+    documented switch JOBLIB_MULTIPROCESSING=0 reaches only that kernel: it is set while the
+    kernel starts and removed again, so the tests of parallel search keep their processes.
+    Outputs do not depend on it: one process and two give the same search table and the same
+    fits (tests/test_mlp.py)."""
+    if not _is_committed_notebook(item):
+        return (yield)
+    os.environ["JOBLIB_MULTIPROCESSING"] = "0"
+    try:
+        return (yield)
+    finally:
+        del os.environ["JOBLIB_MULTIPROCESSING"]
+
+
 def pytest_runtest_logreport(report):
     """Remember which committed notebooks ran (main process: xdist forwards the reports)."""
     if (_MAIN and report.when == "call" and report.passed

@@ -1163,22 +1163,6 @@ def plot_coefficients(coefs: pd.Series, title=""):
     return fig
 
 
-def plot_loss_curves(curves: dict, title=""):
-    """Training and validation loss per epoch (mean over folds), one colour per curve set."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots()
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for (label, curve), color in zip(curves.items(), colors):
-        ax.plot(curve.index, curve["loss"], color=color, ls="--", label=f"{label}: training")
-        if "val_loss" in curve:
-            ax.plot(curve.index, curve["val_loss"], color=color, label=f"{label}: validation")
-    ax.set(xlabel="epoch", ylabel="MSE (standardized log10 streams)", title=title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 def knob_effects(table: pd.DataFrame, params=tuple(SEED_GRID)) -> pd.DataFrame:
     """For each hyperparameter (in the grid's order): mean CV R² at each of its values and the
     spread between them."""

@@ -118,6 +118,10 @@ def one_process_search(songs):
 
 
 def test_search_is_the_same_on_one_and_two_processes(songs, one_process_search):
+    import joblib
+
+    # conftest.py turns joblib's processes off for the notebook kernels only, not here
+    assert joblib.effective_n_jobs(2) == 2, "joblib would run this search in one process"
     pd.testing.assert_frame_equal(one_process_search, small_search(songs, 2))
 
 
