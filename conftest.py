@@ -156,8 +156,8 @@ def _is_committed_notebook(item) -> bool:
 
 # The longest files first, so that the two xdist workers start on them and finish together
 # (pyproject.toml keeps this order: --no-loadscope-reorder). Measured on the 2-core machine:
-# the smoke run ~3 min, the grid ~3 min on two processes, 06 and 04 ~2 min, test_mlp and
-# test_contract ~2 min each, 03 ~40 s; everything else is seconds.
+# 05 ~5 min (its grid in the kernel, fit after fit), the smoke run ~2 min, 04 and 06 ~2 min,
+# test_mlp ~1½ min, test_contract ~1 min, 03 ~20 s; everything else is seconds.
 LONGEST_FIRST = ["tests/test_series_smoke.py", "notebooks/05_grid.ipynb",
                  "notebooks/06_results.ipynb", "notebooks/04_mlp.ipynb", "tests/test_mlp.py",
                  "tests/test_contract.py", "notebooks/03_baseline.ipynb"]

@@ -31,10 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "reports" / "benchmark.json"
 GOALS = {"grid_s": 60, "series_s": 240, "peak_memory_mb": 2048, "speedup_single": 10,
-         "speedup_grid": 25}
+         "speedup_grid": 25, "contention_two_runs": 2.5, "contention_busy_loop": 2.5}
 FIGURES = ["naive_fit_s", "fast_fit_s", "fast_fit_cold_s", "naive_grid_s", "grid_s",
            "grid_cold_s", "grid_per_fit_s", "speedup_single", "speedup_grid", "series_s",
-           "peak_memory_mb"]
+           "peak_memory_mb", "quick_solo_s", "contention_two_runs", "contention_busy_loop"]
 HIGHER_IS_BETTER = {"speedup_single", "speedup_grid"}
 REPEATS = 2  # timed fits after one warm-up; the median is reported
 GRID_FITS = 32 * 5
@@ -168,6 +168,40 @@ def measure_scaling(sizes) -> dict:
     return seconds
 
 
+def quick_series_command(out: Path) -> list:
+    """scripts/run_series.py in quick mode on the committed synthetic sample, into `out`."""
+    import helpers
+
+    return [sys.executable, str(ROOT / "scripts" / "run_series.py"), "--data",
+            str(helpers.SAMPLE_DATA), "--output", str(out), "--quick"]
+
+
+def measure_contention() -> dict:
+    """A quick series alone; two at once; one beside a busy loop (a process spinning on one
+    core): each contended run's wall time as a multiple of the solo time (the slower of two)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        progress("contention: a quick series alone")
+        solo, _ = run_child(quick_series_command(Path(tmp) / "solo"))
+        progress("contention: two quick series at once")
+        start = time.perf_counter()
+        pair = [subprocess.Popen(quick_series_command(Path(tmp) / f"pair{i}"), cwd=ROOT,
+                                 stdout=subprocess.DEVNULL) for i in (1, 2)]
+        ends = []
+        for process in pair:
+            if process.wait() != 0:
+                raise SystemExit(f"a concurrent quick series failed ({process.returncode})")
+            ends.append(time.perf_counter() - start)
+        progress("contention: a quick series beside a busy loop")
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            busy, _ = run_child(quick_series_command(Path(tmp) / "busy"))
+        finally:
+            spinner.kill()
+            spinner.wait()
+    return {"quick_solo_s": solo, "contention_two_runs": max(ends) / solo,
+            "contention_busy_loop": busy / solo}
+
+
 def machine() -> str:
     """E.g. '2-core AMD EPYC, 24 GiB RAM, Python 3.11, TensorFlow 2.21'."""
     cpu = platform.processor() or "unknown CPU"
@@ -250,6 +284,7 @@ def main(argv=None) -> int:
     if not args.skip_series:
         figures.update(measure_series())
         figures["scaling"] = measure_scaling(int(n) for n in args.scaling_rows.split(","))
+        figures.update(measure_contention())
     loads.append(load_average())
     report = build_report(figures, data, loads, machine(),
                           datetime.date.today().isoformat())

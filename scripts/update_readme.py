@@ -77,6 +77,10 @@ def performance_block(bench: dict) -> str:
         f"| whole series under papermill | {show('series_s', '{:.0f} s')} | ≤ 240 s |",
         "| peak memory of the series (largest kernel) | "
         f"{show('peak_memory_mb', '{:.0f} MB')} | ≤ 2048 MB |",
+        "| two quick series at once, the slower as a multiple of one alone | "
+        f"{show('contention_two_runs', '× {:.2f}')} | ≤ × 2.5 |",
+        "| a quick series beside a busy loop, as a multiple of alone | "
+        f"{show('contention_busy_loop', '× {:.2f}')} | ≤ × 2.5 |",
     ]
     if scaling:
         lines += ["", f"Quick-mode series on synthetic samples: {scaling}."]

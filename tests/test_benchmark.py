@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = {"naive_fit_s": 12.0, "fast_fit_s": 3.0, "fast_fit_cold_s": 5.12345,
            "naive_grid_s": 1920.0, "grid_s": 48.0, "grid_cold_s": 60.0, "grid_per_fit_s": 0.3,
-           "series_s": 300.0, "peak_memory_mb": 1000.0}
+           "series_s": 300.0, "peak_memory_mb": 1000.0, "quick_solo_s": 100.0,
+           "contention_two_runs": 1.9, "contention_busy_loop": 2.6}
 
 
 def load_script(name: str):
@@ -43,6 +44,7 @@ def stubbed(bench, monkeypatch):
     stub("measure_fits", ["naive_fit_s", "fast_fit_s", "fast_fit_cold_s", "naive_grid_s"])
     stub("measure_grid", ["grid_s", "grid_cold_s", "grid_per_fit_s"])
     stub("measure_series", ["series_s", "peak_memory_mb"])
+    stub("measure_contention", ["quick_solo_s", "contention_two_runs", "contention_busy_loop"])
 
     def scaling(sizes):
         ran.append("measure_scaling")
@@ -60,7 +62,8 @@ def test_output_option_writes_documented_layout(stubbed, tmp_path, capsys):
                            "scaling_quick_series_s"}
     assert list(report["figures"]) == bench.FIGURES
     assert report["goals"] == {"grid_s": 60, "series_s": 240, "peak_memory_mb": 2048,
-                               "speedup_single": 10, "speedup_grid": 25}
+                               "speedup_single": 10, "speedup_grid": 25,
+                               "contention_two_runs": 2.5, "contention_busy_loop": 2.5}
     assert report["scaling_quick_series_s"] == {"1000": 10.0, "5000": 50.0, "20000": 200.0}
     assert report["figures"]["speedup_single"] == 4.0
     assert report["figures"]["speedup_grid"] == 40.0
@@ -68,12 +71,15 @@ def test_output_option_writes_documented_layout(stubbed, tmp_path, capsys):
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", report["date"])
     assert len(report["load_average"]) == 2
     assert report["data"].startswith("stub.csv")
-    assert ran == ["measure_fits", "measure_grid", "measure_series", "measure_scaling"]
+    assert ran == ["measure_fits", "measure_grid", "measure_series", "measure_scaling",
+                   "measure_contention"]
     table = capsys.readouterr().out
     assert re.search(r"series_s\s+300.0\s+<= 240\s+goal missed", table)
     assert re.search(r"grid_s\s+48.0\s+<= 60\s+ok", table)
     assert re.search(r"speedup_single\s+4.0\s+>= 10\s+goal missed", table)
     assert re.search(r"speedup_grid\s+40.0\s+>= 25\s+ok", table)
+    assert re.search(r"contention_two_runs\s+1.9\s+<= 2.5\s+ok", table)
+    assert re.search(r"contention_busy_loop\s+2.6\s+<= 2.5\s+goal missed", table)
 
 
 def test_skip_series(stubbed, tmp_path):
@@ -81,7 +87,7 @@ def test_skip_series(stubbed, tmp_path):
     out = tmp_path / "bench.json"
     bench.main(["--output", str(out), "--skip-series"])
     figures = json.loads(out.read_text())["figures"]
-    assert "measure_series" not in ran and "measure_scaling" not in ran
+    assert not {"measure_series", "measure_scaling", "measure_contention"} & set(ran)
     assert figures["series_s"] is None and figures["peak_memory_mb"] is None
     assert figures["grid_s"] == 48.0
 
@@ -91,6 +97,7 @@ def test_report_feeds_the_readme_generator(bench):
     block = load_script("update_readme").performance_block(report)
     assert "2-core X (2024-01-01)" in block
     assert "| 300 s | ≤ 240 s |" in block
+    assert "| × 1.90 | ≤ × 2.5 |" in block and "| × 2.60 | ≤ × 2.5 |" in block
     old = load_script("update_readme").performance_block({**report, "figures": {"grid_s": 20}})
     assert "| 20 s | ≤ 60 s |" in old and "| not measured | ≤ 240 s |" in old
 
