@@ -608,7 +608,8 @@ def build_report(executed: list[Path], destination: Path, *, metrics_dir=None,
     template; figures inline as base64): on top the answer, the test-set table (from
     metrics_dir/06_results.json), the figures the notebooks saved (figures_dir), the
     conclusions of 06; then a table of contents and each notebook as a section, code folded.
-    Written atomically: a failed render leaves an earlier report.html in place."""
+    Written atomically (helpers.replacing): a failed render leaves an earlier report.html
+    in place."""
     import nbformat
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
@@ -663,9 +664,8 @@ def build_report(executed: list[Path], destination: Path, *, metrics_dir=None,
                             exclude_input_prompt=True, exclude_output_prompt=True,
                             exclude_anchor_links=True)
     body, _ = exporter.from_notebook_node(combined)
-    partial = destination.with_name(f".{destination.name}.partial")
-    partial.write_text(body, encoding="utf-8")
-    os.replace(partial, destination)
+    with import_helpers().replacing(destination) as partial:  # the old report until done
+        partial.write_text(body, encoding="utf-8")
 
 
 def write_status(out_dir: Path, status: str, data: Path, done: list, detail: str = "") -> None:

@@ -49,6 +49,8 @@ def write_notebook(folder: Path, name: str, *sources: str) -> Path:
 
 def stub_helpers(monkeypatch, tmp_path, *, synthetic=False, data_error=None, real_file=None):
     """Install a fake helpers module exposing what the driver uses."""
+    import helpers as real_helpers
+
     stub = types.ModuleType("helpers")
 
     class DataError(ValueError):
@@ -71,6 +73,7 @@ def stub_helpers(monkeypatch, tmp_path, *, synthetic=False, data_error=None, rea
     stub.resolve_run = resolve_run
     stub.check_data = check_data
     stub.check_parameters = lambda **parameters: None
+    stub.replacing = real_helpers.replacing  # plumbing the driver shares (atomic writes)
     stub.RAW_DATA = real_file if real_file is not None else tmp_path / "absent.csv"
     stub.REAL_SHA256 = "0" * 64
     if real_file is not None and real_file.exists():
