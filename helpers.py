@@ -682,6 +682,34 @@ def cross_validate_model(model, df: pd.DataFrame, feature_set: str, splits, n_jo
     return fold_scores(df, splits, fold_predictions(model, df, feature_set, splits, n_jobs))
 
 
+def paired_difference(a, b, splits) -> dict:
+    """The series' one evidence standard: scores a − b compared fold by fold on the same folds.
+    The mean difference; its standard error, corrected for folds that share training rows
+    (Nadeau & Bengio 2003: the mean's variance is (1/J + n_validation/n_train)·s², not s²/J);
+    and in how many of the J folds a wins. A difference counts beyond 2 standard errors."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    share = len(splits[0][1]) / len(splits[0][0])
+    return {"r2_difference": float(d.mean()),
+            "r2_difference_se": float(np.sqrt((1 / len(d) + share) * d.var(ddof=1)))
+            if len(d) > 1 else np.nan,  # one fold (a smoke run): no spread to measure
+            "folds_won": f"{(d > 0).sum()} of {len(d)}"}
+
+
+def r2_interval(y_true, y_pred, seed=42, n_resamples=2000) -> tuple[float, float]:
+    """95 % bootstrap interval of R² on one test set (scipy.stats.bootstrap, percentile): the
+    songs are resampled together with their predictions."""
+    from scipy.stats import bootstrap
+    from sklearn.metrics import r2_score
+
+    def r2(y, p, axis=-1):
+        return r2_score(np.moveaxis(y, axis, 0), np.moveaxis(p, axis, 0),
+                        multioutput="raw_values")
+
+    ci = bootstrap((np.asarray(y_true), np.asarray(y_pred)), r2, paired=True, vectorized=True,
+                   n_resamples=n_resamples, method="percentile", rng=seed).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
 def summarize_cv(per_fold: pd.DataFrame, by=("model", "feature_set")) -> pd.DataFrame:
     """Mean and standard deviation of each metric across folds."""
     metrics = ["r2", "mse", "mae", "median_factor"]
@@ -966,28 +994,35 @@ def _is_quick_model(folder: Path) -> bool:
     return info.is_file() and json.loads(info.read_text(encoding="utf-8")).get("quick", False)
 
 
-def predict_streams(frame: pd.DataFrame, model_dir=None) -> pd.Series:
-    """Predicted streams for rows in the raw file's schema, from the model notebook 06 saved.
-    Rows that clean() would drop or refuse (see prepare_rows) are refused with a DataError that
-    names each of them and why: no prediction is returned for a batch holding any."""
+MODEL_FOLDERS = {"full": "final", "pre-release": "pre-release"}  # notebook 06 saves both
+
+
+def predict_streams(frame: pd.DataFrame, model_dir=None, inputs="full") -> pd.Series:
+    """Predicted streams for rows in the raw file's schema, from a model notebook 06 saved:
+    inputs="full" (default) the tuned MLP, which needs the platform counts (playlists, charts;
+    known only once a song is out), or inputs="pre-release" the forecaster for songs not yet
+    on playlists (audio features, key, mode, artist count, release date). Rows that clean()
+    would drop or refuse (see prepare_rows) are refused with a DataError naming each of them
+    and why: no prediction is returned for a batch holding any."""
     import joblib
 
+    if inputs not in MODEL_FOLDERS:
+        raise ValueError(f"inputs={inputs!r}: choose 'full' or 'pre-release'.")
     if model_dir is not None:
         candidates = [Path(model_dir)]
-    else:  # the notebooks' default output, then the main job's (`make run`)
-        candidates = [resolve_run().models_dir / "final", BUILD_DIR / "run" / "models" / "final"]
-    if model_dir is None:  # a smoke-run model (QUICK) is used only when asked for by name
-        candidates = [c for c in candidates if not _is_quick_model(c)]
+    else:  # the notebooks' default output, then the main job's (`make run`), never QUICK's
+        name = MODEL_FOLDERS[inputs]
+        candidates = [c for c in [resolve_run().models_dir / name,
+                                  BUILD_DIR / "run" / "models" / name] if not _is_quick_model(c)]
     folder = next((c for c in candidates if (c / "model.joblib").is_file()), None)
     if folder is None:
-        raise DataError("No saved full (non-QUICK) model found. Run notebook 06_results first "
-                        "(or the series with `make run`), or pass model_dir=.")
+        raise DataError(f"No saved {inputs} (non-QUICK) model found. Run notebook 06_results "
+                        "first (or the series with `make run`), or pass model_dir=.")
     if not isinstance(frame, pd.DataFrame) or frame.empty:
         raise DataError("predict_streams needs a non-empty DataFrame with the CSV's columns.")
     info = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     rows = prepare_rows(frame, info)
-    pipeline = joblib.load(folder / "model.joblib")
-    log10 = pipeline.predict(rows[feature_columns(info["feature_set"])])
+    log10 = joblib.load(folder / "model.joblib").predict(rows[feature_columns(info["feature_set"])])
     return pd.Series(10 ** np.asarray(log10, dtype="float64"), index=frame.index,
                      name="predicted_streams")
 
@@ -1000,7 +1035,11 @@ def prepare_rows(frame: pd.DataFrame, info: dict) -> pd.DataFrame:
     needed = [c for c in REQUIRED_COLUMNS if c in inputs or c in DATE_COLUMNS]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
-        raise DataError(f"Rows lack column(s) the model needs: {', '.join(missing)}.")
+        hint = (" For songs not yet on playlists, use the pre-release forecaster: "
+                "predict_streams(rows, inputs='pre-release')."
+                if set(missing) <= set(PLATFORM_COLUMNS) else "")
+        raise DataError(f"Rows lack column(s) the model needs: {', '.join(missing)} (it uses "
+                        f"the '{info['feature_set']}' feature set).{hint}")
     df, bad = parse_fields(frame[needed], info["blank_key"])
     why = _refusals(frame[needed], df, bad)
     if why.any():
@@ -1062,14 +1101,15 @@ def streams_axis(axis, label="streams") -> None:
     from matplotlib.ticker import FixedLocator, FuncFormatter
 
     lo, hi = axis.get_view_interval()
+    steps = (1, 3) if hi - lo < 2.5 else (1,)  # wider ranges: powers of ten only, legible
     ticks = [np.log10(m * 10.0 ** e) for e in range(int(np.floor(lo)), int(np.ceil(hi)) + 1)
-             for m in (1, 3) if lo <= np.log10(m * 10.0 ** e) <= hi]
+             for m in steps if lo <= np.log10(m * 10.0 ** e) <= hi]
     axis.set_major_locator(FixedLocator(ticks))
     axis.set_major_formatter(FuncFormatter(lambda v, _: _count_label(10 ** v)))
     axis.set_label_text(f"{label} (log scale)")
 
 
-def ratio_axis(axis, label="predicted ÷ actual") -> None:
+def ratio_axis(axis, label="actual ÷ predicted") -> None:
     """Label an axis that holds a log10 ratio as factors: ×0.1, ×0.3, ×1, ×3, ×10."""
     from matplotlib.ticker import FixedLocator, FuncFormatter
 
@@ -1163,16 +1203,23 @@ def plot_coefficients(coefs: pd.Series, title=""):
     return fig
 
 
-def knob_effects(table: pd.DataFrame, params=tuple(SEED_GRID)) -> pd.DataFrame:
-    """For each hyperparameter (in the grid's order): mean CV R² at each of its values and the
-    spread between them."""
+def knob_effects(table: pd.DataFrame, splits, params=tuple(SEED_GRID)) -> pd.DataFrame:
+    """Per hyperparameter of a search table (cv_results_ with split<k>_test_score columns):
+    the paired effect of moving it from its lower to its higher value, between configurations
+    equal in every other knob: per fold, the mean difference over those matched pairs, then
+    paired_difference over the folds; and how many matched pairs the higher value wins."""
+    folds = list(table.filter(regex=r"^split\d+_test_score$").columns)
     rows = []
-    for p in params:
-        means = table.groupby(p)["mean_test_score"].mean()
-        rows.append({"knob": p, "values": " / ".join(f"{v:g}" for v in means.index),
-                     "mean R² at each": " / ".join(f"{m:.3f}" for m in means),
-                     "effect": means.max() - means.min()})
-    return pd.DataFrame(rows).set_index("knob")
+    for p in [p for p in params if table[p].nunique() == 2]:
+        low, high = sorted(table[p].unique())
+        others = [q for q in params if q != p]
+        a, b = (table[table[p] == v].set_index(others).sort_index() for v in (high, low))
+        pairs = a["mean_test_score"] - b["mean_test_score"]
+        rows.append({"knob": p, "change": f"{low:g} → {high:g}",
+                     **paired_difference((a[folds] - b[folds]).mean(), 0, splits),
+                     "pairs_won": f"{(pairs > 0).sum()} of {len(pairs)}"})
+    columns = ["knob", "change", "r2_difference", "r2_difference_se", "folds_won", "pairs_won"]
+    return pd.DataFrame(rows, columns=columns).set_index("knob")
 
 
 def plot_knob_effects(table: pd.DataFrame, params=tuple(SEED_GRID)):
@@ -1195,64 +1242,61 @@ def plot_knob_effects(table: pd.DataFrame, params=tuple(SEED_GRID)):
 
 
 def plot_interactions(table: pd.DataFrame, pairs):
-    """Heatmaps of mean CV R² for pairs of hyperparameters (averaged over the other knobs)."""
+    """Heatmaps of mean CV R² for pairs of hyperparameters (averaged over the other knobs), on
+    one colour scale with one colorbar."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3))
-    for ax, (a, b) in zip(np.atleast_1d(axes), pairs):
-        grid = table.pivot_table(index=a, columns=b, values="mean_test_score", aggfunc="mean")
-        sns.heatmap(grid, annot=True, fmt=".3f", cmap="viridis", cbar=False, ax=ax)
+    grids = [table.pivot_table(index=a, columns=b, values="mean_test_score") for a, b in pairs]
+    scale = {"vmin": min(g.min().min() for g in grids), "vmax": max(g.max().max() for g in grids)}
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.4 * len(pairs), 3), squeeze=False)
+    for i, (ax, grid) in enumerate(zip(axes.flat, grids)):
+        sns.heatmap(grid, annot=True, fmt=".3f", cmap="viridis", **scale, ax=ax,
+                    cbar=i == len(grids) - 1, cbar_kws={"label": "mean CV R²"})
     fig.tight_layout()
     return fig
 
 
-def plot_actual_vs_predicted(y_true, predictions: dict):
-    """Predicted against actual log10 streams, one panel per model, with the diagonal."""
+def plot_prediction_errors(y_true, predictions: dict, kind="actual_vs_predicted"):
+    """scikit-learn's PredictionErrorDisplay per model, on log10 streams labelled in streams:
+    predicted against actual, or (kind="residual_vs_predicted") actual ÷ predicted against the
+    prediction (against the actual value, residuals slope for any R² below 1)."""
     import matplotlib.pyplot as plt
+    from sklearn.metrics import PredictionErrorDisplay
 
     fig, axes = plt.subplots(1, len(predictions), figsize=(4 * len(predictions), 3.8),
-                             sharex=True, sharey=True, squeeze=False)
-    lo, hi = np.min(y_true) - 0.2, np.max(y_true) + 0.2
+                             squeeze=False)  # the display sets equal axes itself
     for ax, (label, pred) in zip(axes.flat, predictions.items()):
-        ax.scatter(y_true, pred, s=8, alpha=0.5)
-        ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
-        ax.set(title=label, xlim=(lo, hi), ylim=(lo, hi))
-        streams_axis(ax.xaxis, "actual streams")
-    streams_axis(axes.flat[0].yaxis, "predicted streams")
-    fig.tight_layout()
-    return fig
-
-
-def plot_residuals(y_true, predictions: dict):
-    """Residual (predicted ÷ actual) against the prediction, one panel per model. (Against the
-    actual value, residuals slope for any model with R² below 1, which says nothing.)"""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(predictions), figsize=(4 * len(predictions), 3.4),
-                             sharey=True, squeeze=False)
-    for ax, (label, pred) in zip(axes.flat, predictions.items()):
-        ax.scatter(pred, np.asarray(pred) - y_true, s=8, alpha=0.5)
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set(title=label)
+        PredictionErrorDisplay.from_predictions(y_true, pred, kind=kind, ax=ax, subsample=None,
+                                                scatter_kwargs={"s": 8, "alpha": 0.5})
+        ax.set_title(label)
         streams_axis(ax.xaxis, "predicted streams")
-    ratio_axis(axes.flat[0].yaxis)
+        if kind == "actual_vs_predicted":
+            streams_axis(ax.yaxis, "actual streams")
+        else:
+            ratio_axis(ax.yaxis, "actual ÷ predicted")
     fig.tight_layout()
     return fig
 
 
-def plot_importance(importances: dict, ncols=3):
-    """Permutation importance bars (drop in R²), one panel per model/feature-set label."""
+def plot_importance(importances: dict, base_r2: dict):
+    """Permutation importance (drop in test R² when a column is shuffled, ± sd over repeats):
+    one row of panels per model, one column per feature set, each column on one x-scale;
+    each title gives the model's own test R², without which a drop cannot be read."""
     import matplotlib.pyplot as plt
 
-    nrows = -(-len(importances) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
-    for ax, (label, imp) in zip(axes.flat, importances.items()):
+    models = list(dict.fromkeys(m for m, _ in importances))
+    sets = list(dict.fromkeys(fs for _, fs in importances))
+    fig, axes = plt.subplots(len(models), len(sets), figsize=(4.2 * len(sets), 3.4 * len(models)),
+                             sharex="col", squeeze=False)
+    for (model, fs), imp in importances.items():
+        ax = axes[models.index(model), sets.index(fs)]
         imp = imp.head(8).iloc[::-1]
         ax.barh(imp["feature"], imp["r2_drop"], xerr=imp["r2_drop_std"], capsize=2)
-        ax.set(title=label, xlabel="drop in test R² when shuffled")
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(f"{model}, {fs}: test R² {base_r2[model, fs]:.2f}", fontsize=10)
         ax.tick_params(axis="y", labelsize=8)
-    for ax in axes.flat[len(importances):]:
-        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("drop in test R² when shuffled")
     fig.tight_layout()
     return fig

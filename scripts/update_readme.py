@@ -34,21 +34,35 @@ def results_block(results: dict) -> str:
         cells = []
         for s in SETS:
             c, t = cv[m, s], test[m, s]
-            cells += [f"{c['r2_mean']:.3f} ± {c['r2_std']:.3f}", f"{t['r2']:.3f}"]
+            cells += [f"{c['r2_mean']:.3f} ± {c['r2_std']:.3f}",
+                      f"{t['r2']:.3f} [{t['r2_low']:.2f}, {t['r2_high']:.2f}]"]
         cells.append(f"× {test[m, 'full']['median_factor']:.2f}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     tuned = ", ".join(f"{k} {v}" for k, v in results["tuned"].items())
-    mlp, lin, hgb = (cv[m, "full"]["r2_mean"] for m in ("tuned MLP", "linear", "hgb"))
     lines += ["", f"R² on log10(streams); CV on {results['n_train']} training songs "
-              f"(grouped 5-fold × 3 repeats), test on {results['n_test']} held-out songs. "
+              f"(grouped 5-fold × 3 repeats, mean ± sd over folds), test on {results['n_test']} "
+              "held-out songs [95 % bootstrap interval]. "
               f"Tuned MLP: {tuned}. Typical error: 10^(median |log10 error|).",
-              "",
-              "Quality bar (full set, CV R²): the tuned MLP "
-              f"{'beats' if mlp > lin else 'does not beat'} linear regression "
-              f"({mlp:.3f} vs {lin:.3f}) and "
-              f"{'matches or beats' if mlp >= hgb else 'falls short of'} gradient boosting "
-              f"({hgb:.3f})."]
+              "", quality_bar(results)]
     return "\n".join(lines)
+
+
+def quality_bar(results: dict) -> str:
+    """The quality-bar sentence, from 06's paired per-fold differences (full feature set)."""
+    paired = {r["comparison"]: r for r in results["paired"] if r["feature_set"] == "full"}
+
+    def judged(name, beaten, not_beaten):
+        row = paired[name]
+        d, se = row["r2_difference"], row["r2_difference_se"]
+        verdict = (beaten if d > 2 * se else not_beaten if d < -2 * se
+                   else "is within noise of")
+        return f"{verdict} {name.split(' − ')[1]} ({d:+.3f} ± {se:.3f} R², {d / se:+.1f} SE)"
+
+    return ("Quality bar (full set; paired differences over the CV folds ± standard error, "
+            "beyond 2 SE counts): the tuned MLP "
+            + judged("tuned MLP − linear", "beats", "falls short of") + " and "
+            + judged("tuned MLP − hgb", "beats", "falls short of") + "; the ensemble "
+            + judged("ensemble − hgb", "beats", "falls short of") + ".")
 
 
 def performance_block(bench: dict) -> str:

@@ -252,13 +252,13 @@ def png(tmp_path: Path, name: str, size=(60, 40), patch=0, shade=200) -> Path:
 
 def test_identical_figures_pass(tmp_path):
     a = png(tmp_path, "a")
-    assert contract.compare_figure(a, a.read_bytes(), "cv_scores.png", FIXED) is None
+    assert contract.compare_figure(a, a.read_bytes(), "scores.png", FIXED) is None
 
 
 def test_scikit_learn_figure_is_exact(tmp_path):
     message = contract.compare_figure(png(tmp_path, "a"), png(tmp_path, "b", patch=1),
-                                      "cv_scores.png", FIXED)
-    assert message and message.startswith("cv_scores.png: images differ: RMS")
+                                      "scores.png", FIXED)
+    assert message and message.startswith("scores.png: images differ: RMS")
     assert "tolerance 0 (exact" in message
 
 

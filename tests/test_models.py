@@ -126,14 +126,53 @@ def test_unknown_baseline_is_named():
         helpers.make_baseline("forest", "full")
 
 
-def test_knob_effects_on_a_search_table():
-    table = pd.DataFrame([{**dict(zip(helpers.SEED_GRID, values)), "mean_test_score": score}
-                          for values, score in [((0.001, 0.2, 64, 16, 50), 0.5),
-                                                ((0.01, 0.2, 64, 16, 50), 0.3)]])
-    effects = helpers.knob_effects(table)
-    assert set(effects.index) == set(helpers.SEED_GRID)
-    assert effects.loc["learning_rate", "effect"] == pytest.approx(0.2)
-    assert effects.loc["neurons", "effect"] == 0  # a single value has no effect
+def test_paired_difference_known_values():
+    splits = [(np.arange(8), np.arange(8, 10))] * 4  # validation / training = 0.25
+    out = helpers.paired_difference([0.5, 0.6, 0.7, 0.8], [0.4, 0.6, 0.5, 0.5], splits)
+    d = np.array([0.1, 0.0, 0.2, 0.3])
+    assert out["r2_difference"] == pytest.approx(0.15)
+    # corrected for overlapping training sets: (1/J + 0.25) s², larger than the naive s²/J
+    assert out["r2_difference_se"] == pytest.approx(np.sqrt((1 / 4 + 0.25) * d.var(ddof=1)))
+    assert out["r2_difference_se"] > d.std(ddof=1) / 2
+    assert out["folds_won"] == "3 of 4"  # a tie is not a win
+
+
+def test_r2_interval_brackets_the_test_r2_and_narrows_with_more_songs():
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=800)
+    pred = 0.8 * y + rng.normal(scale=0.5, size=800)
+    low, high = helpers.r2_interval(y[:200], pred[:200], seed=1)
+    assert low < r2_score(y[:200], pred[:200]) < high
+    assert helpers.r2_interval(y[:200], pred[:200], seed=1) == (low, high)  # seeded
+    low_800, high_800 = helpers.r2_interval(y, pred, seed=1)
+    assert high_800 - low_800 < 0.75 * (high - low)
+
+
+def test_knob_effects_pairs_configurations_fold_by_fold():
+    rows = []
+    for values in __import__("itertools").product(*helpers.SEED_GRID.values()):
+        config = dict(zip(helpers.SEED_GRID, values))
+        # learning rate 0.01 loses 0.02 on every fold; dropout 0.3 wins on fold 0 only
+        base = 0.8 - 0.02 * (config["learning_rate"] == 0.01)
+        folds = [base + 0.01 * (config["dropout"] == 0.3) * (k == 0) for k in range(5)]
+        rows.append({**config, **{f"split{k}_test_score": f for k, f in enumerate(folds)},
+                     "mean_test_score": np.mean(folds)})
+    splits = [(np.arange(8), np.arange(8, 10))] * 5
+    effects = helpers.knob_effects(pd.DataFrame(rows), splits)
+    assert list(effects.index) == list(helpers.SEED_GRID)
+    lr = effects.loc["learning_rate"]
+    assert lr["change"] == "0.001 → 0.01" and lr["r2_difference"] == pytest.approx(-0.02)
+    assert lr["r2_difference_se"] == pytest.approx(0, abs=1e-12)
+    assert lr["folds_won"] == "0 of 5" and lr["pairs_won"] == "0 of 16"
+    dropout = effects.loc["dropout"]
+    assert dropout["r2_difference"] == pytest.approx(0.002)
+    assert dropout["folds_won"] == "1 of 5" and dropout["pairs_won"] == "16 of 16"
+    assert effects.loc["neurons", "r2_difference"] == pytest.approx(0)
+    single = pd.DataFrame(rows)
+    single = single[single["neurons"] == 64]
+    assert "neurons" not in helpers.knob_effects(single, splits).index  # one value: no effect
 
 
 def test_save_metrics_writes_rounded_json(tmp_path):
@@ -267,6 +306,21 @@ def test_a_quick_model_is_never_the_default(tmp_path, songs, monkeypatch):
     with pytest.raises(DataError, match="No saved full \\(non-QUICK\\) model"):
         helpers.predict_streams(songs.head(2))
     assert len(helpers.predict_streams(songs.head(2), folder)) == 2
+
+
+def test_the_pre_release_forecaster_needs_no_platform_counts(tmp_path, songs, linear_model):
+    """A song not yet on playlists: the full model names its feature set and points to the
+    pre-release forecaster, which predicts it."""
+    fitted = helpers.make_baseline("hgb", "pre-release").fit(
+        songs[helpers.feature_columns("pre-release")], helpers.log_streams(songs))
+    helpers.save_model(fitted, tmp_path / "pre-release", "pre-release", songs)
+    new = songs.head(3).drop(columns=helpers.PLATFORM_COLUMNS)
+    with pytest.raises(DataError, match="'full' feature set.*inputs='pre-release'"):
+        helpers.predict_streams(new, linear_model)
+    predicted = helpers.predict_streams(new, tmp_path / "pre-release")
+    assert len(predicted) == 3 and np.isfinite(predicted).all()
+    with pytest.raises(ValueError, match="choose 'full' or 'pre-release'"):
+        helpers.predict_streams(new, inputs="playlists")
 
 
 def test_predict_streams_on_a_file_read_without_streams(tmp_path, linear_model):

@@ -38,14 +38,15 @@ def test_stream_axes_are_labelled_in_streams_not_log10():
     rng = np.random.default_rng(0)
     y = rng.normal(8.3, 0.5, 100)
     pred = 0.7 * y + 2.5
-    fig = helpers.plot_actual_vs_predicted(y, {"a": pred})
+    fig = helpers.plot_prediction_errors(y, {"a": pred})
     ax = fig.axes[0]
     fig.canvas.draw()
     assert {"100 M", "1 B"} <= set(labels(ax.xaxis)) and "100 M" in labels(ax.yaxis)
     assert "log10" not in ax.get_xlabel() + ax.get_ylabel()
-    fig = helpers.plot_residuals(y, {"a": pred})
+    fig = helpers.plot_prediction_errors(y, {"a": pred}, kind="residual_vs_predicted")
     fig.canvas.draw()
     assert "×1" in labels(fig.axes[0].yaxis) and "predicted" in fig.axes[0].get_xlabel()
+    assert "actual ÷ predicted" in fig.axes[0].get_ylabel()
     fig = helpers.plot_target_distribution(pd.Series(10 ** y))
     fig.canvas.draw()
     assert "100 M" in labels(fig.axes[1].xaxis)

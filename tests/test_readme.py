@@ -47,8 +47,9 @@ def test_prediction_example_reads_a_file_that_is_not_utf8(tmp_path, monkeypatch)
     with pytest.raises(UnicodeDecodeError):
         (tmp_path / "new_songs.csv").read_bytes().decode("utf-8")
     received = []
-    monkeypatch.setattr(helpers, "predict_streams", received.append)  # no saved model needed
+    monkeypatch.setattr(helpers, "predict_streams",  # no saved model needed
+                        lambda rows, **options: received.append((rows, options)))
     monkeypatch.chdir(tmp_path)
     exec(example, {})
-    assert len(received) == 1 and len(received[0]) == len(frame)
-    assert "streams" not in received[0].columns
+    assert [options for _, options in received] == [{}, {"inputs": "pre-release"}]
+    assert all(len(rows) == len(frame) and "streams" not in rows for rows, _ in received)
