@@ -710,6 +710,55 @@ def r2_interval(y_true, y_pred, seed=42, n_resamples=2000) -> tuple[float, float
     return float(ci.low), float(ci.high)
 
 
+def progress(iterable=None, desc: str = "", total=None, unit: str = ""):
+    """A tqdm text bar for a long cell. Its last state, the one line a notebook keeps, holds no
+    timings, so every run prints the same; scripts/run_series.py relays it to the console.
+    Its size is fixed: a kernel started from a terminal would take that terminal's."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc, total, unit=unit, ncols=100, nrows=100,
+                bar_format="{desc}: {percentage:3.0f}%|{bar:10}| {n_fmt}/{total_fmt} {unit}")
+
+
+class FitProgress:
+    """A GridSearchCV callback (scikit-learn's sklearn.callback API): a progress() bar of the
+    finished fits, which worker processes report through sklearn's own callback transport."""
+    # Not sklearn.callback.ProgressBar: it draws with rich, which in a kernel without
+    # ipywidgets shows no bar, only a warning.
+
+    def setup(self, estimator, context):
+        from sklearn.callback._transport import open_listener
+
+        lock, self.bar = threading.Lock(), []
+
+        def tick(total):  # the first finished fit opens the bar, below GridSearchCV's own line
+            with lock:
+                self.bar = self.bar or [progress(None, "grid search", total, "fits")]
+                self.bar[0].update()
+        self.listener = open_listener(tick)
+
+    def on_fit_task_begin(self, estimator, context, **kwargs):
+        pass
+
+    def on_fit_task_end(self, estimator, context, **kwargs):
+        from sklearn.callback._transport import send
+
+        if context.task_name == "candidate-split-evaluation":  # one candidate on one fold
+            with contextlib.suppress(OSError):  # a remote Dask worker cannot reach us: no tick
+                send(self.listener, context.parent.max_subtasks)
+
+    def teardown(self, estimator, context):
+        from sklearn.callback._transport import close_listener
+
+        close_listener(self.listener)
+        for bar in self.bar:
+            bar.close()
+            bar.fp.flush()  # its last newline before any later output of the cell
+
+    def __getstate__(self):  # what the workers get: the listener's address
+        return {"listener": self.listener}
+
+
 def summarize_cv(per_fold: pd.DataFrame, by=("model", "feature_set")) -> pd.DataFrame:
     """Mean and standard deviation of each metric across folds."""
     metrics = ["r2", "mse", "mae", "median_factor"]

@@ -152,16 +152,56 @@ def with_jobs(notebook: Path, parameters: dict, jobs: int | None) -> dict:
     return {**parameters, "N_JOBS": jobs} if declared else parameters
 
 
+class BarRelay:
+    """papermill's stderr_file: shows the in-cell progress bars (helpers.progress, tqdm on the
+    kernel's stderr, each state after a \\r) in this console. On a terminal the bar updates
+    live on a line below papermill's bar of the notebook; otherwise (a log) only each bar's
+    final line is printed. Other kernel stderr stays in the executed notebook only."""
+
+    def __init__(self, live: bool):
+        self.live, self.state, self.line = live, None, None
+
+    def write(self, text: str) -> None:
+        from tqdm import tqdm
+
+        for part in re.split(r"([\r\n])", text):
+            if part == "\r":
+                self.state = ""
+            elif part == "\n":
+                if self.state:  # a bar's final state: one line in the console, like the notebook
+                    tqdm.write(f"  {self.state.rstrip()}", file=sys.stdout)
+                    if self.line is not None:
+                        self.line.set_description_str("")
+                self.state = None
+            elif self.state is not None:
+                self.state += part
+        if self.live and self.state:
+            if self.line is None:  # below papermill's bar (position 0)
+                self.line = tqdm(total=0, position=1, bar_format="{desc}", leave=False)
+            self.line.set_description_str(f"  {self.state}")
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        if self.line is not None:
+            self.line.close()
+
+
 def execute(notebook: Path, destination: Path, failed_copy: Path, parameters: dict,
             refresh: bool) -> None:
     """Execute one notebook with papermill into a temp file; os.replace it onto destination on
     success, onto failed_copy on failure (then re-raise). destination is untouched on failure.
+    Consecutive stream outputs are merged and their \\r updates collapsed (nbconvert's
+    CoalesceStreamsPreprocessor): a progress bar keeps its final line only.
     With refresh, papermill's run metadata (timestamps, durations) is dropped before the
     replace, so re-executing a committed notebook only changes its outputs."""
     import nbformat
     import papermill
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
     temp = destination.with_name(f".{destination.stem}.running.ipynb")
+    bars = BarRelay(live=sys.stderr.isatty())
     try:
         papermill.execute_notebook(str(notebook), str(temp), parameters=parameters,
                                    kernel_name="python3", language="python",
@@ -170,20 +210,23 @@ def execute(notebook: Path, destination: Path, failed_copy: Path, parameters: di
                                    extra_arguments=["--IPKernelApp.log_level=ERROR"],
                                    # on a terminal: one bar per notebook, named
                                    progress_bar={"desc": notebook.stem}
-                                   if sys.stderr.isatty() else False)
+                                   if sys.stderr.isatty() else False,
+                                   stderr_file=bars)  # the cells' own bars, under it
     except BaseException:
         if temp.exists():
             os.replace(temp, failed_copy)
         raise
+    finally:
+        bars.close()
+    nb, _ = CoalesceStreamsPreprocessor().preprocess(nbformat.read(temp, as_version=4), {})
     if refresh:
-        nb = nbformat.read(temp, as_version=4)
         for holder in [nb, *nb.cells]:
             holder.metadata.pop("papermill", None)
             holder.metadata.pop("execution", None)
         for cell in nb.cells:  # rows of the Kaggle file never reach a committed notebook
             if RAW_ROWS_TAG in cell.metadata.get("tags", []):
                 cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=RAW_ROWS_NOTE)]
-        nbformat.write(nb, temp)
+    nbformat.write(nb, temp)
     os.replace(temp, destination)
     failed_copy.unlink(missing_ok=True)
 

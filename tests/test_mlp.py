@@ -101,11 +101,12 @@ def test_seed_changes_the_result(data):
     assert not np.array_equal(a, b)
 
 
-def small_search(songs, n_jobs):
+def small_search(songs, n_jobs, *callbacks):
     grid = {helpers.grid_param("learning_rate"): [0.001, 0.01]}
     search = GridSearchCV(helpers.make_mlp("full", seed=0, **{**TINY, "epochs": 5}), grid,
                           scoring="r2", cv=helpers.cv_splits(songs, seed=0, n_repeats=1)[:2],
                           n_jobs=n_jobs, refit=False)
+    search.set_callbacks(*callbacks)
     search.fit(songs[helpers.feature_columns("full")], helpers.log_streams(songs))
     keep = ["params", "split0_test_score", "split1_test_score", "mean_test_score",
             "rank_test_score"]
@@ -117,17 +118,26 @@ def one_process_search(songs):
     return small_search(songs, 1)
 
 
-def test_search_is_the_same_on_one_and_two_processes(songs, one_process_search):
+GRID_BAR = "grid search: 100%|██████████| 4/4 fits"  # helpers.FitProgress, 2 candidates × 2 folds
+
+
+def test_search_is_the_same_on_one_and_two_processes(songs, one_process_search, capsys):
+    """The same scores, also with notebook 05's progress callback (helpers.FitProgress), whose
+    bar counts the fits the worker processes finish."""
     import joblib
 
     # conftest.py turns joblib's processes off for the notebook kernels only, not here
     assert joblib.effective_n_jobs(2) == 2, "joblib would run this search in one process"
-    pd.testing.assert_frame_equal(one_process_search, small_search(songs, 2))
+    pd.testing.assert_frame_equal(one_process_search,
+                                  small_search(songs, 2, helpers.FitProgress()))
+    assert capsys.readouterr().err.rsplit("\r", 1)[-1] == GRID_BAR + "\n"  # its final state
 
 
-def test_search_runs_unchanged_on_a_dask_cluster(songs, one_process_search, monkeypatch):
+def test_search_runs_unchanged_on_a_dask_cluster(songs, one_process_search, monkeypatch,
+                                                 capsys):
     """A real dask.distributed LocalCluster (two worker processes); the scheduler address
-    reaches the search through DASK_SCHEDULER_ADDRESS, as a user would set it."""
+    reaches the search through DASK_SCHEDULER_ADDRESS, as a user would set it. Notebook 05's
+    progress callback counts the fits there too."""
     from dask.distributed import LocalCluster
 
     local = one_process_search
@@ -136,8 +146,9 @@ def test_search_runs_unchanged_on_a_dask_cluster(songs, one_process_search, monk
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
         with helpers.parallel_backend() as where:
             assert where.startswith(f"Dask cluster at {cluster.scheduler_address} (2 workers")
-            on_dask = small_search(songs, 2)
+            on_dask = small_search(songs, 2, helpers.FitProgress())
     pd.testing.assert_frame_equal(local, on_dask)
+    assert capsys.readouterr().err.rsplit("\r", 1)[-1] == GRID_BAR + "\n"  # its final state
 
 
 def test_unreachable_scheduler_is_a_clear_error():

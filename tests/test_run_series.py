@@ -405,3 +405,50 @@ def test_jobs_reach_only_the_notebooks_that_declare_n_jobs(run_series, tmp_path)
     assert run_series.with_jobs(parallel, parameters, 1) == {"SEED": 42, "N_JOBS": 1}
     assert run_series.with_jobs(parallel, parameters, None) == parameters
     assert run_series.with_jobs(parallel, {}, 1) == {}  # --refresh: the committed defaults
+
+
+BAR_CELL = ("import sys, time\n"
+            "from helpers import progress\n"
+            "print('a warning from the kernel', file=sys.stderr)\n"
+            "for _ in progress(range(30), 'inner work', unit='steps'):\n"
+            "    time.sleep(0.02)")
+FINAL_BAR = "inner work: 100%|██████████| 30/30 steps"
+
+
+def test_a_cells_bar_reaches_the_console_and_the_notebook_as_one_line(run_series, tmp_path,
+                                                                      csv_file, monkeypatch,
+                                                                      capsys):
+    """helpers.progress in a cell: off a terminal the console gets the bar's final line once
+    (no \\r updates); the executed notebook keeps that line only; other kernel stderr stays
+    in the notebook, as before."""
+    stub_helpers(monkeypatch, tmp_path)
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    write_notebook(folder, "01_bar", BAR_CELL)
+    out = tmp_path / "out"
+
+    code = run_series.main(["--notebooks-dir", str(folder), "--data", str(csv_file),
+                            "--output", str(out)])
+
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert printed.out.count(FINAL_BAR) == 1
+    assert re.findall(r"inner work: .*?(\d+)/30", printed.out + printed.err) == ["30"]
+    assert "a warning from the kernel" not in printed.out + printed.err
+    outputs = nbformat.read(out / "notebooks" / "01_bar.ipynb", as_version=4).cells[-1].outputs
+    assert [(o.output_type, o.name, o.text) for o in outputs] == [
+        ("stream", "stderr", f"a warning from the kernel\n{FINAL_BAR}\n")]
+
+
+def test_on_a_terminal_the_bar_updates_one_line_under_the_notebooks(run_series, capsys):
+    relay = run_series.BarRelay(live=True)
+    relay.write("a warning\n\rgrid search:   0%|          | 0/4 fits")
+    relay.write("\rgrid search:  50%|█████     | 2/4 fits\rgrid search:  75%|███████▌  | 3/4 fits")
+    relay.write("\rgrid search: 100%|██████████| 4/4 fits")
+    relay.write("\n")
+    relay.close()
+    printed = capsys.readouterr()
+    assert "  grid search:  75%|███████▌  | 3/4 fits" in printed.err  # the live line
+    assert "\x1b[A" in printed.err  # drawn below the notebook's bar, not over it
+    assert printed.out == "  grid search: 100%|██████████| 4/4 fits\n"  # kept, once
+    assert "warning" not in printed.out + printed.err

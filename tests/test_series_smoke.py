@@ -112,3 +112,33 @@ def test_the_report_reads_like_a_report(quick_run):
     assert not [tag.get("src") or tag.get("href") for tag in soup.find_all(["script", "link"])
                 if remote.match(tag.get("src") or tag.get("href") or "")]
     assert not re.search(r"""import\(\s*["']https?:""", text)
+
+
+# The long cells' bars (helpers.progress, helpers.FitProgress for the grid) and their counts
+# in a quick run: 4 baselines × 3 feature sets, 3 feature sets, 2 grid configurations × 3 folds,
+# 6 models × 3 feature sets, 2 models × 3 feature sets.
+QUICK_BARS = {"03_baseline": {"cross-validating the baselines": 12},
+              "04_mlp": {"cross-validating the MLP": 3, "early stopping": 3},
+              "05_grid": {"grid search": 6},
+              "06_results": {"cross-validating tuned MLP and HGB": 3,
+                             "fitting on the training set": 18, "permutation importance": 6}}
+BAR_LINE = re.compile(r"^(.+): +(\d+)%\|[^|]*\| (\d+)/(\d+) .*$", re.M)
+
+
+def test_each_long_cell_keeps_one_final_bar_line(quick_run):
+    """In the executed notebooks each bar is one line, complete (n = total; the grid's counts
+    every fit), with no \\r updates left; the console (not a terminal here) shows the same
+    final lines, once each."""
+    out, proc = quick_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name, expected in QUICK_BARS.items():
+        nb = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
+        streams = [o.text for c in nb.cells for o in c.get("outputs", [])
+                   if o.output_type == "stream"]
+        assert not any("\r" in text for text in streams), name
+        bars = [m.groups() for text in streams for m in BAR_LINE.finditer(text)]
+        assert {desc: int(n) for desc, _, n, _ in bars} == expected, name
+        assert all(n == total for _, _, n, total in bars) and len(bars) == len(expected), name
+        for desc, total in expected.items():
+            assert len(re.findall(rf"^  {re.escape(desc)}: 100%.* {total}/{total} ", proc.stdout,
+                                  re.M)) == 1, desc
