@@ -390,13 +390,16 @@ def row_problems(parsed: pd.DataFrame, as_of=None) -> pd.DataFrame:
     return pd.DataFrame(rules, index=parsed.index)
 
 
-def clean(raw: pd.DataFrame, as_of=None) -> CleanResult:
+def clean(raw: pd.DataFrame, as_of=None, min_streams=MIN_PLAUSIBLE_STREAMS,
+          keep_repeat="more streams") -> CleanResult:
     """Clean a raw frame from load_raw; every step is recorded with its row count.
 
     Rows that break a rule of row_problems are dropped, logged and kept in `dropped`: values
     out of range, placeholder years, impossible dates, and release dates after as_of (default:
     today). The reference date for song age is the latest release date of the kept rows: the
-    latest plausible one, which a row dated in the future cannot move."""
+    latest plausible one, which a row dated in the future cannot move. The two decisions that
+    look at the target can be varied to measure their effect (notebook 06): min_streams, and
+    which copy of a repeated track/artist pair is kept ("more streams" or "first listed")."""
     df = raw.copy()
     df.insert(0, "raw_row", raw.index)  # traceability: the row's position in the raw file
     result = CleanResult(df)
@@ -404,7 +407,7 @@ def clean(raw: pd.DataFrame, as_of=None) -> CleanResult:
     df = _repair_names(df, result)
     df = _parse_values(df, result)
     df = _drop_out_of_range(df, result)
-    df = _drop_repeats_and_implausible(df, result)
+    df = _drop_repeats_and_implausible(df, result, min_streams, keep_repeat)
     return _finish(df, result, len(raw), as_of)
 
 
@@ -473,16 +476,22 @@ def _drop_out_of_range(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
     return result.drop(df, ranged.any(axis=1), "values out of range", action)
 
 
-def _drop_repeats_and_implausible(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
-    """Repeated track/artist pairs (keep the later snapshot), then implausible values."""
+def _drop_repeats_and_implausible(df: pd.DataFrame, result: CleanResult, min_streams,
+                                  keep_repeat) -> pd.DataFrame:
+    """Repeated track/artist pairs (by default the copy with more streams, the later
+    snapshot), then implausible values."""
+    if keep_repeat not in ("more streams", "first listed"):
+        raise ValueError(f"keep_repeat={keep_repeat!r}: 'more streams' or 'first listed'.")
     key = pair_key(df)
-    order = df.sort_values([TARGET, "in_spotify_playlists"], ascending=False, kind="stable").index
+    order = (df.sort_values([TARGET, "in_spotify_playlists"], ascending=False, kind="stable")
+             .index if keep_repeat == "more streams" else df.index)
     repeated = pd.Series(key.loc[order].duplicated().to_numpy(), index=order).reindex(df.index)
     df = result.drop(df, repeated, "duplicate track/artist pairs",
                      f"dropped; of {key[key.duplicated(keep=False)].nunique()} repeated pairs "
-                     "kept the row with more streams")
-    df = result.drop(df, df[TARGET] < MIN_PLAUSIBLE_STREAMS,
-                     f"streams below {MIN_PLAUSIBLE_STREAMS:,}", "dropped: not a chart hit")
+                     "kept the " + ("row with more streams" if keep_repeat == "more streams"
+                                    else "first listed row"))
+    df = result.drop(df, df[TARGET] < min_streams,
+                     f"streams below {min_streams:,}", "dropped: not a chart hit")
     old = f"release year before {MIN_PLAUSIBLE_YEAR}"  # a rule of row_problems
     return result.drop(df, row_problems(df)[old], old, "dropped: placeholder date")
 
@@ -620,25 +629,33 @@ def feature_columns(feature_set: str) -> list:
 MIN_SONGS = 50  # below this, a 20 % test set and 5-fold CV leave too few songs per fold
 
 
-def split_train_test(df: pd.DataFrame, seed=42, test_size=0.2):
-    """Hold out a test set (touched only in notebook 06); repeated pairs stay on one side."""
-    from sklearn.model_selection import GroupShuffleSplit
+def artist_key(frame: pd.DataFrame) -> pd.Series:
+    """The first-named artist, normalized like pair_key: what a split keeps on one side."""
+    first = frame["artist(s)_name"].astype("str").str.split(",").str[0]
+    return first.str.casefold().str.replace(r"[\W_]+", "", regex=True)
 
+
+def split_train_test(df: pd.DataFrame, seed=42, test_size=0.2):
+    """Hold out a test set (touched only in notebook 06) by a stable hash of each song's first
+    artist and the seed: all songs of an artist land on one side (about test_size of the
+    artists are held out), and adding, editing or removing a row moves no other song."""
     if len(df) < MIN_SONGS:
         raise DataError(f"Only {len(df)} usable songs after cleaning; the series needs at least "
                         f"{MIN_SONGS} for a test set and 5-fold cross-validation.")
+    digest = artist_key(df).map(lambda k: hashlib.sha256(f"{seed}|{k}".encode()).digest()[:8])
+    in_test = (digest.map(lambda d: int.from_bytes(d, "big")) / 2**64 < test_size).to_numpy()
+    if in_test.sum() < 5 or (~in_test).sum() < MIN_SONGS * (1 - test_size):
+        raise DataError(f"{len(df)} songs by {artist_key(df).nunique()} artists: too few "
+                        "artists to hold out a test set of whole artists. Use more songs.")
+    return df[~in_test].reset_index(drop=True), df[in_test].reset_index(drop=True)
 
-    splitter = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
-    train_idx, test_idx = next(splitter.split(df, groups=pair_key(df)))
-    return (df.iloc[np.sort(train_idx)].reset_index(drop=True),
-            df.iloc[np.sort(test_idx)].reset_index(drop=True))
 
-
-def cv_splits(df: pd.DataFrame, seed=42, n_splits=5, n_repeats=3) -> list:
-    """Repeated grouped K-fold: a list of (train positions, validation positions)."""
+def cv_splits(df: pd.DataFrame, seed=42, n_splits=5, n_repeats=3, groups=None) -> list:
+    """Repeated K-fold grouped by first artist (or `groups`): a list of (train positions,
+    validation positions); no artist is on both sides of a fold."""
     from sklearn.model_selection import GroupKFold
 
-    groups = pair_key(df)
+    groups = artist_key(df) if groups is None else groups
     return [(np.sort(tr), np.sort(va))
             for r in range(n_repeats)
             for tr, va in GroupKFold(n_splits, shuffle=True, random_state=seed + r)
@@ -695,18 +712,23 @@ def paired_difference(a, b, splits) -> dict:
             "folds_won": f"{(d > 0).sum()} of {len(d)}"}
 
 
-def r2_interval(y_true, y_pred, seed=42, n_resamples=2000) -> tuple[float, float]:
+def r2_interval(y_true, y_pred, seed=42, n_resamples=2000, minus=None) -> tuple[float, float]:
     """95 % bootstrap interval of R² on one test set (scipy.stats.bootstrap, percentile): the
-    songs are resampled together with their predictions."""
+    songs are resampled together with their predictions. With `minus` (another model's
+    predictions of the same songs): the interval of the paired difference in R²."""
     from scipy.stats import bootstrap
     from sklearn.metrics import r2_score
 
-    def r2(y, p, axis=-1):
+    def r2(y, p, axis):
         return r2_score(np.moveaxis(y, axis, 0), np.moveaxis(p, axis, 0),
                         multioutput="raw_values")
 
-    ci = bootstrap((np.asarray(y_true), np.asarray(y_pred)), r2, paired=True, vectorized=True,
-                   n_resamples=n_resamples, method="percentile", rng=seed).confidence_interval
+    def statistic(y, p, *other, axis=-1):
+        return r2(y, p, axis) - (r2(y, other[0], axis) if other else 0)
+
+    data = [np.asarray(a) for a in (y_true, y_pred, *([] if minus is None else [minus]))]
+    ci = bootstrap(data, statistic, paired=True, vectorized=True, n_resamples=n_resamples,
+                   method="percentile", rng=seed).confidence_interval
     return float(ci.low), float(ci.high)
 
 
@@ -1150,7 +1172,7 @@ def streams_axis(axis, label="streams") -> None:
     from matplotlib.ticker import FixedLocator, FuncFormatter
 
     lo, hi = axis.get_view_interval()
-    steps = (1, 3) if hi - lo < 2.5 else (1,)  # wider ranges: powers of ten only, legible
+    steps = (1, 3) if hi - lo < 3 else (1,)  # wider ranges: powers of ten only, legible
     ticks = [np.log10(m * 10.0 ** e) for e in range(int(np.floor(lo)), int(np.ceil(hi)) + 1)
              for m in steps if lo <= np.log10(m * 10.0 ** e) <= hi]
     axis.set_major_locator(FixedLocator(ticks))
@@ -1233,7 +1255,7 @@ def plot_cv_scores(summary: pd.DataFrame, metric="r2"):
         ax.bar(np.arange(len(sets)) + i * width, part[f"{metric}_mean"], width,
                yerr=part[f"{metric}_std"], capsize=3, label=model)
     ax.set_xticks(np.arange(len(sets)) + width * (len(models) - 1) / 2, sets)
-    ax.set(ylabel=f"CV {metric} (log10 streams)", xlabel="feature set")
+    ax.set(ylabel=f"CV {metric.replace('r2', 'R²')} (log10 streams)", xlabel="feature set")
     ax.axhline(0, color="black", lw=0.8)
     ax.legend(ncol=len(models), fontsize=8)
     fig.tight_layout()

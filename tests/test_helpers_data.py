@@ -263,6 +263,21 @@ def test_duplicates_keep_the_row_with_more_streams(tmp_path):
     assert result.steps_table().set_index("step").loc["duplicate track/artist pairs", "rows"] == 1
 
 
+def test_the_target_based_decisions_can_be_varied(tmp_path):
+    """Notebook 06 measures what the two decisions that look at streams change."""
+    lines = good_lines() + [row(name="Twin", streams="500000000", playlists="10"),
+                            row(name="twin ", streams="700000000", playlists="5"),
+                            row(name="Tiny", streams="2762")]
+    raw = load_raw(write(tmp_path, lines))
+    first = clean(raw, keep_repeat="first listed").data
+    assert first.loc[first["track_name"].str.casefold() == "twin", "streams"].tolist() == [
+        500_000_000]
+    assert "Tiny" in clean(raw, min_streams=0).data["track_name"].tolist()
+    assert "Tiny" not in clean(raw).data["track_name"].tolist()
+    with pytest.raises(ValueError, match="keep_repeat='last'"):
+        clean(raw, keep_repeat="last")
+
+
 def test_implausible_streams_and_year_are_dropped(tmp_path):
     lines = good_lines() + [row(name="Tiny", streams="2762"), row(name="Old", year="1930"),
                             row(name="Classic", year="1942")]

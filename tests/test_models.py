@@ -53,15 +53,34 @@ def test_preprocessor_imputes_with_a_flag_and_scales(songs):
 
 # --- evaluation ---------------------------------------------------------------------------------
 
-def test_split_keeps_repeated_pairs_on_one_side(songs):
+def test_split_keeps_each_artist_on_one_side(songs):
     twin = songs.iloc[[0]].assign(streams=songs["streams"].iloc[0] + 1)
     data = pd.concat([songs, twin], ignore_index=True)  # the same pair twice
     train, test = helpers.split_train_test(data, seed=3)
-    keys_train, keys_test = set(helpers.pair_key(train)), set(helpers.pair_key(test))
-    assert not keys_train & keys_test
-    assert len(train) + len(test) == len(data)
+    assert not set(helpers.artist_key(train)) & set(helpers.artist_key(test))
+    assert not set(helpers.pair_key(train)) & set(helpers.pair_key(test))
+    assert len(train) + len(test) == len(data) and len(test) > 0.1 * len(data)  # 12 artists
     for tr, va in helpers.cv_splits(data, seed=3, n_splits=5, n_repeats=2):
-        assert not set(helpers.pair_key(data.iloc[tr])) & set(helpers.pair_key(data.iloc[va]))
+        assert not set(helpers.artist_key(data.iloc[tr])) & set(helpers.artist_key(data.iloc[va]))
+
+
+def test_split_stays_put_when_a_row_is_removed_or_edited(songs):
+    """A stable hash of the artist: removing or editing one song moves no other song."""
+    def test_rows(data):
+        return set(helpers.split_train_test(data, seed=5)[1]["raw_row"])
+
+    before = test_rows(songs)
+    assert test_rows(songs.drop(index=songs.index[7])) == before - {songs["raw_row"].iloc[7]}
+    edited = songs.copy()
+    edited.loc[edited.index[3], "bpm"] += 1
+    assert test_rows(edited) == before
+    assert test_rows(songs.sample(frac=1, random_state=0)) == before  # row order is irrelevant
+    assert set(helpers.split_train_test(songs, seed=6)[1]["raw_row"]) != before  # the seed
+
+
+def test_a_first_artist_is_the_group(songs):
+    frame = pd.DataFrame({"artist(s)_name": ["Bad Bunny", "bad bunny, Drake", " Drake,Bad Bunny"]})
+    assert helpers.artist_key(frame).tolist() == ["badbunny", "badbunny", "drake"]
 
 
 def test_too_few_songs_is_a_data_error(songs):
