@@ -40,8 +40,9 @@ def results_block(results: dict) -> str:
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     tuned = ", ".join(f"{k} {v}" for k, v in results["tuned"].items())
     lines += ["", f"R² on log10(streams); CV on {results['n_train']} training songs "
-              f"(grouped 5-fold × 3 repeats, mean ± sd over folds), test on {results['n_test']} "
-              "held-out songs [95 % bootstrap interval]. "
+              f"(5-fold grouped by first artist × 3 repeats, mean ± sd over folds), test on "
+              f"{results['n_test']} held-out songs by artists never seen in training [95 % "
+              "bootstrap interval]. "
               f"Tuned MLP: {tuned}. Typical error: 10^(median |log10 error|).",
               "", quality_bar(results)]
     return "\n".join(lines)
