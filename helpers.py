@@ -1257,7 +1257,7 @@ def plot_cv_scores(summary: pd.DataFrame, metric="r2"):
     ax.set_xticks(np.arange(len(sets)) + width * (len(models) - 1) / 2, sets)
     ax.set(ylabel=f"CV {metric.replace('r2', 'R²')} (log10 streams)", xlabel="feature set")
     ax.axhline(0, color="black", lw=0.8)
-    ax.legend(ncol=len(models), fontsize=8)
+    ax.legend(ncol=len(models), fontsize=8, loc="upper left")  # fixed: "best" jumps
     fig.tight_layout()
     return fig
 

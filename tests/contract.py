@@ -60,13 +60,17 @@ EXACT_MODEL_PREFIXES = ("hgb", "rf", "random forest")
 CONFIG_KEYS = frozenset({"learning_rate", "dropout", "neurons", "batch_size", "epochs",
                          "seed", "n_folds", "n_test", "n_train", "quick", "fold", "repeat"})
 # Metric keys whose name does not say their category (the effect of a knob on mean CV R²).
-METRIC_ALIASES = {"effect": "r2", "epochs_trained": "epochs"}
+METRIC_ALIASES = {"effect": "grid", "epochs_trained": "epochs"}
+# Tables whose metric values all belong to one category, whatever their keys say: 05's knob
+# effects are differences of grid configurations' fold scores (chaotic at learning rate 0.01).
+TABLE_CATEGORIES = {"knob_effects": "grid", "knob_effects_by_learning_rate": "grid"}
+FORCED = "!"  # marks an inherited category that comes from TABLE_CATEGORIES
 TF_TAG = "tf-derived"  # notebook cell tag: outputs compared with the printed-number tolerance
 TOLERANCE_TAG = "tolerance:"  # + categories: a tf-derived cell that prints only those
 
 # Metric categories: name -> (relative?, what it covers). Order = README table order.
 CATEGORIES = {
-    "r2": (False, "R² scores: r2, r2_mean, mean_r2, split<k>_r2, r2_drop, effect "
+    "r2": (False, "R² scores: r2, r2_mean, mean_r2, split<k>_r2, r2_drop, r2_difference "
                   "(05's grid: see grid, split)"),
     "std": (False, "spreads over folds: *_std, std_*"),
     "mse": (False, "mean squared error of log10(streams)"),
@@ -75,8 +79,9 @@ CATEGORIES = {
     "loss": (False, "training / validation losses of one fit, per epoch"),
     "epochs": (False, "epochs one fit trained before EarlyStopping stopped it"),
     "factor_std": (False, "spread over folds of the median factor (median_factor_std)"),
-    "grid": (False, "05's grid: each configuration's mean R² over 5 folds (mean_test_score); "
-                    "learning rate 0.01 makes these far noisier than the 15-fold means"),
+    "grid": (False, "05's grid: each configuration's mean R² over 5 folds (mean_test_score) "
+                    "and the knob effects derived from them (knob_effects*); learning rate 0.01 "
+                    "makes these far noisier than the 15-fold means"),
     "split": (False, "05's grid: each configuration's R² on one fold (split*_test_score) and "
                      "their spread (std_test_score); single fits, chaotic at learning rate 0.01"),
 }
@@ -295,6 +300,8 @@ def _effective_category(key, value, inherited: str | None) -> str | None:
     """A key's metric category: from its own name; for a float value whose own name says
     nothing (and is no configuration key), from the nearest enclosing key (cv_r2_by_epochs)."""
     own = metric_category(key)
+    if inherited and inherited.startswith(FORCED):  # a TABLE_CATEGORIES table
+        return inherited[len(FORCED):] if own not in (None, RANK) else own
     if own is not None or str(key) in CONFIG_KEYS:
         return own
     return inherited if isinstance(value, float | str) else None
@@ -335,8 +342,10 @@ def walk_metrics(committed, fresh, path: str = "", tf: bool = False,
         for k in committed:
             if k in fresh:
                 child = f"{path}.{k}" if path else str(k)
-                yield from walk_metrics(committed[k], fresh[k], child, tf,
-                                        metric_category(k) or inherited, k)
+                forced = inherited and inherited.startswith(FORCED)
+                category = (FORCED + TABLE_CATEGORIES[k] if k in TABLE_CATEGORIES else inherited
+                            if forced else metric_category(k) or inherited)
+                yield from walk_metrics(committed[k], fresh[k], child, tf, category, k)
         return
     if isinstance(committed, list) and isinstance(fresh, list):
         yield from _walk_list(committed, fresh, path, tf, inherited, key)
