@@ -354,9 +354,13 @@ def typed_categories(df: pd.DataFrame) -> pd.DataFrame:
 
 def pair_key(frame: pd.DataFrame) -> pd.Series:
     """A normalized track/artist key: case, spacing and encoding damage ignored."""
-    parts = [frame[c].astype("str").str.casefold().str.replace(r"[\W_]+", "", regex=True)
-             for c in NAME_COLUMNS]
+    parts = [_name_key(frame[c]) for c in NAME_COLUMNS]
     return parts[0] + "|" + parts[1]
+
+
+def _name_key(names: pd.Series) -> pd.Series:
+    """Names compared as keys: case, spacing, punctuation and encoding damage ignored."""
+    return names.astype("str").str.casefold().str.replace(r"[\W_]+", "", regex=True)
 
 
 def release_dates(df: pd.DataFrame) -> pd.Series:
@@ -631,8 +635,7 @@ MIN_SONGS = 50  # below this, a 20 % test set and 5-fold CV leave too few songs 
 
 def artist_key(frame: pd.DataFrame) -> pd.Series:
     """The first-named artist, normalized like pair_key: what a split keeps on one side."""
-    first = frame["artist(s)_name"].astype("str").str.split(",").str[0]
-    return first.str.casefold().str.replace(r"[\W_]+", "", regex=True)
+    return _name_key(frame["artist(s)_name"].astype("str").str.split(",").str[0])
 
 
 def split_train_test(df: pd.DataFrame, seed=42, test_size=0.2):
