@@ -14,6 +14,7 @@ import json
 import os
 import re
 import threading
+import warnings
 from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
@@ -46,6 +47,13 @@ from threadpoolctl import threadpool_limits
 # child processes); threadpool_limits those a notebook loaded before importing helpers.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))
+
+# joblib's loky replaces a worker whose memory grew past 300 MB (TensorFlow's, after a few
+# fits) and reports its own recycling as "A worker stopped ...": a known false alarm
+# (joblib/joblib#869, fixed in loky#641, not yet in the joblib pinned here). Jobs are not lost;
+# a worker that really dies still raises TerminatedWorkerError.
+warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given",
+                        category=UserWarning)
 
 # ----------------------------------------------------------------------------------------------
 # Paths
@@ -825,22 +833,27 @@ def load_metrics(run: Run, notebook: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def make_baseline(name: str, feature_set: str, seed=42):
-    """A scikit-learn pipeline: 'mean', 'linear', 'ridge' or 'hgb' on one feature set."""
+def make_baseline(name: str, feature_set: str, seed=42, **params):
+    """A scikit-learn pipeline, preprocessing → estimator: 'mean', 'linear', 'ridge', 'hgb'
+    (gradient boosting) or 'rf' (random forest, 100 trees) on one feature set. The estimator
+    step is called `name`, so a search addresses its knobs as f"{name}__max_depth"; `params`
+    set them here (notebook 05's tuned values)."""
     from sklearn.dummy import DummyRegressor
-    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
     from sklearn.linear_model import LinearRegression, RidgeCV
-    from sklearn.pipeline import make_pipeline
+    from sklearn.pipeline import Pipeline
 
     estimators = {
         "mean": lambda: DummyRegressor(strategy="mean"),
         "linear": LinearRegression,
         "ridge": lambda: RidgeCV(alphas=np.logspace(-2, 3, 21)),
         "hgb": lambda: HistGradientBoostingRegressor(random_state=seed),
+        "rf": lambda: RandomForestRegressor(n_estimators=100, random_state=seed),
     }
     if name not in estimators:
         raise ValueError(f"Unknown baseline {name!r}; choose from {list(estimators)}.")
-    return make_pipeline(make_preprocessor(feature_set), estimators[name]())
+    return Pipeline([("prep", make_preprocessor(feature_set)),
+                     (name, estimators[name]().set_params(**params))])
 
 
 MLP_DEFAULT = {"learning_rate": 0.001, "dropout": 0.2, "neurons": 64, "batch_size": 32,
@@ -1260,7 +1273,7 @@ def plot_cv_scores(summary: pd.DataFrame, metric="r2"):
     ax.set_xticks(np.arange(len(sets)) + width * (len(models) - 1) / 2, sets)
     ax.set(ylabel=f"CV {metric.replace('r2', 'R²')} (log10 streams)", xlabel="feature set")
     ax.axhline(0, color="black", lw=0.8)
-    ax.legend(ncol=len(models), fontsize=8, loc="upper left")  # fixed: "best" jumps
+    ax.legend(ncol=min(len(models), 4), fontsize=8, loc="upper left")  # fixed: "best" jumps
     fig.tight_layout()
     return fig
 
@@ -1353,24 +1366,31 @@ def plot_prediction_errors(y_true, predictions: dict, kind="actual_vs_predicted"
     return fig
 
 
-def plot_importance(importances: dict, base_r2: dict):
+def plot_importance(importances: dict, base_r2: dict, rows=None):
     """Permutation importance (drop in test R² when a column is shuffled, ± sd over repeats):
-    one row of panels per model, one column per feature set, each column on one x-scale;
-    each title gives the model's own test R², without which a drop cannot be read."""
+    one row of panels per model (or per rows[model], to share a row), one column per feature
+    set (empty where no model of the row ran), each column on one x-scale; each title gives
+    the model's own test R², without which a drop cannot be read."""
     import matplotlib.pyplot as plt
 
-    models = list(dict.fromkeys(m for m, _ in importances))
+    rows = rows or {}
+    labels = list(dict.fromkeys(rows.get(m, m) for m, _ in importances))
     sets = list(dict.fromkeys(fs for _, fs in importances))
-    fig, axes = plt.subplots(len(models), len(sets), figsize=(4.2 * len(sets), 3.4 * len(models)),
+    fig, axes = plt.subplots(len(labels), len(sets), figsize=(4.2 * len(sets), 3.4 * len(labels)),
                              sharex="col", squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
     for (model, fs), imp in importances.items():
-        ax = axes[models.index(model), sets.index(fs)]
+        ax = axes[labels.index(rows.get(model, model)), sets.index(fs)]
+        ax.set_visible(True)
         imp = imp.head(8).iloc[::-1]
         ax.barh(imp["feature"], imp["r2_drop"], xerr=imp["r2_drop_std"], capsize=2)
         ax.axvline(0, color="black", lw=0.8)
         ax.set_title(f"{model}, {fs}: test R² {base_r2[model, fs]:.2f}", fontsize=10)
         ax.tick_params(axis="y", labelsize=8)
-    for ax in axes[-1]:
-        ax.set_xlabel("drop in test R² when shuffled")
+    for column in axes.T:  # the lowest panel drawn in each column carries the x-axis
+        lowest = [ax for ax in column if ax.get_visible()][-1]
+        lowest.set_xlabel("drop in test R² when shuffled")
+        lowest.tick_params(axis="x", labelbottom=True)
     fig.tight_layout()
     return fig

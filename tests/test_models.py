@@ -145,6 +145,24 @@ def test_unknown_baseline_is_named():
         helpers.make_baseline("forest", "full")
 
 
+def test_baseline_knobs_are_set_by_name_and_searchable(songs):
+    """Notebook 05 searches a tree ensemble's knobs as f"{name}__knob" and notebook 06 builds
+    the tuned model from the saved values: both paths must reach the estimator."""
+    from sklearn.base import clone
+
+    rf = helpers.make_baseline("rf", "full", seed=3, max_depth=4, min_samples_leaf=5)
+    forest = rf.named_steps["rf"]
+    assert (forest.max_depth, forest.min_samples_leaf) == (4, 5)
+    assert forest.random_state == 3 and forest.n_estimators == 100
+    searched = clone(helpers.make_baseline("hgb", "full")).set_params(hgb__max_depth=3)
+    assert searched.named_steps["hgb"].max_depth == 3
+    X, y = songs[helpers.feature_columns("full")], helpers.log_streams(songs)
+    shallow = helpers.make_baseline("rf", "full", seed=3, max_depth=1).fit(X, y)
+    assert max(t.get_depth() for t in shallow.named_steps["rf"].estimators_) == 1
+    with pytest.raises(ValueError, match="max_dept"):
+        helpers.make_baseline("hgb", "full", max_dept=3)  # a typo is an error, not ignored
+
+
 def test_paired_difference_known_values():
     splits = [(np.arange(8), np.arange(8, 10))] * 4  # validation / training = 0.25
     out = helpers.paired_difference([0.5, 0.6, 0.7, 0.8], [0.4, 0.6, 0.5, 0.5], splits)

@@ -50,3 +50,21 @@ def test_stream_axes_are_labelled_in_streams_not_log10():
     fig = helpers.plot_target_distribution(pd.Series(10 ** y))
     fig.canvas.draw()
     assert "100 M" in labels(fig.axes[1].xaxis)
+
+
+def test_importance_panels_share_rows_and_label_each_column():
+    """06 draws the seed MLP (audio, pre-release) and the tuned MLP (full) in one row: no
+    empty panel is shown, and each column's lowest drawn panel carries the x-axis label."""
+    imp = pd.DataFrame({"feature": ["a", "b"], "r2_drop": [0.2, 0.1], "r2_drop_std": [0, 0]})
+    keys = [("hgb tuned", "audio"), ("hgb tuned", "full"), ("seed MLP", "audio"),
+            ("tuned MLP", "full")]
+    fig = helpers.plot_importance({k: imp for k in keys}, {k: 0.5 for k in keys},
+                                  rows={"seed MLP": "MLP", "tuned MLP": "MLP"})
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(fig.axes) == 4 and len(shown) == 4
+    assert [ax.get_title() for ax in shown[2:]] == ["seed MLP, audio: test R² 0.50",
+                                                    "tuned MLP, full: test R² 0.50"]
+    assert [bool(ax.get_xlabel()) for ax in shown] == [False, False, True, True]
+    fig = helpers.plot_importance({k: imp for k in keys[:3]}, {k: 0.5 for k in keys})
+    assert [ax.get_visible() for ax in fig.axes] == [True, True, True, False]
+    assert fig.axes[1].get_xlabel() and fig.axes[2].get_xlabel()  # the full column: row 1

@@ -116,12 +116,13 @@ def test_the_report_reads_like_a_report(quick_run):
 
 # The long cells' bars (helpers.progress, helpers.FitProgress for the grid) and their counts
 # in a quick run: 4 baselines × 3 feature sets, 3 feature sets, 2 grid configurations × 3 folds,
-# 6 models × 3 feature sets, 2 other test splits, 2 models × 3 feature sets.
+# 2 tree searches × 3 feature sets; 2 tuned trees × 3 feature sets + the tuned MLP, 6 models ×
+# 3 feature sets + 2 on the full set only, 2 other test splits, 6 importance panels.
 QUICK_BARS = {"03_baseline": {"cross-validating the baselines": 12},
               "04_mlp": {"cross-validating the MLP": 3, "early stopping": 3},
-              "05_grid": {"grid search": 6},
-              "06_results": {"cross-validating tuned MLP and HGB": 3,
-                             "fitting on the training set": 18, "other test splits": 2,
+              "05_grid": {"grid search": 6, "tuning the tree ensembles": 6},
+              "06_results": {"cross-validating the tuned models": 7,
+                             "fitting on the training set": 20, "other test splits": 2,
                              "permutation importance": 6}}
 BAR_LINE = re.compile(r"^(.+): +(\d+)%\|[^|]*\| (\d+)/(\d+) .*$", re.M)
 
