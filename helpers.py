@@ -848,7 +848,7 @@ def make_baseline(name: str, feature_set: str, seed=42, **params):
         "linear": LinearRegression,
         "ridge": lambda: RidgeCV(alphas=np.logspace(-2, 3, 21)),
         "hgb": lambda: HistGradientBoostingRegressor(random_state=seed),
-        "rf": lambda: RandomForestRegressor(n_estimators=100, random_state=seed),
+        "rf": lambda: RandomForestRegressor(random_state=seed),
     }
     if name not in estimators:
         raise ValueError(f"Unknown baseline {name!r}; choose from {list(estimators)}.")
@@ -920,6 +920,36 @@ def _trainer_for(model, learning_rate):
     return trainer
 
 
+def _train_fast(estimator, X, y, epochs) -> dict:
+    """KerasMLP's training: Keras's own model.fit on a tf.data pipeline that shuffles (anew each
+    epoch), batches and repeats, on a model whose traced training step is reused (_trainer_for).
+    Without callbacks or a validation split all epochs run as one (no per-epoch overhead); with
+    them, Keras's epochs, validation on the last rows and callbacks work as usual. The trained
+    weights and optimizer state go back to the estimator's model; returns History.history."""
+    import tensorflow as tf
+    from scikeras.utils.random_state import tensorflow_random_state
+
+    n_fit = int(len(X) * (1 - (estimator.validation_split or 0)))  # Keras's split: last rows
+    X, y = X.astype("float32"), y.astype("float32")
+    val = (X[n_fit:], y[n_fit:]) if n_fit < len(X) else None
+    trainer = _trainer_for(estimator.model_, estimator.learning_rate)
+    with tensorflow_random_state(estimator.random_state):  # as scikeras seeds its own fit
+        data = (tf.data.Dataset.from_tensor_slices((X[:n_fit], y[:n_fit]))
+                .shuffle(n_fit, seed=estimator.random_state, reshuffle_each_iteration=True)
+                .batch(estimator.batch_size))
+        if val is None and not estimator.callbacks:  # no per-epoch work: one long epoch
+            history = trainer.fit(data.repeat(epochs), epochs=1, shuffle=False, verbose=0)
+        else:  # Keras's epochs: a fresh pass (a new shuffle) over `data` each
+            history = trainer.fit(data, epochs=epochs, shuffle=False, verbose=0,
+                                  validation_data=val, callbacks=estimator._fit_callbacks)
+    model = estimator.model_
+    model.set_weights(trainer.get_weights())
+    model.optimizer.build(model.trainable_variables)
+    for mine, trained in zip(model.optimizer.variables, trainer.optimizer.variables):
+        mine.assign(trained)
+    return history.history
+
+
 @functools.cache
 def _keras_mlp_class():
     """Define KerasMLP (see module __getattr__: scikeras imports TensorFlow, which is slow)."""
@@ -931,14 +961,8 @@ def _keras_mlp_class():
     tf.get_logger().setLevel("ERROR")  # retracing notices would land in notebook outputs
 
     class KerasMLP(KerasRegressor):
-        """scikeras's KerasRegressor for the seed network (parameters as in build_mlp).
-
-        fit hands Keras's own model.fit a tf.data pipeline that shuffles (anew each epoch),
-        batches and repeats, on a model whose traced training step is reused (_trainer_for).
-        Without callbacks or a validation split all epochs run as one (no per-epoch overhead);
-        with them, Keras's epochs, validation on the last rows and callbacks work as usual.
-        Predictions call the model directly (no tracing).
-        """
+        """scikeras's KerasRegressor for the seed network (knobs as in build_mlp). It trains
+        with Keras's model.fit through _train_fast; predictions call the model directly."""
 
         __qualname__ = "KerasMLP"  # picklable by name (loky and Dask workers import helpers)
 
@@ -959,31 +983,10 @@ def _keras_mlp_class():
 
         def _fit_keras_model(self, X, y, sample_weight, warm_start, epochs, initial_epoch,
                              **kwargs):
-            if kwargs or sample_weight is not None:
+            if kwargs or sample_weight is not None:  # scikeras's own loop for what we skip
                 return super()._fit_keras_model(X, y, sample_weight, warm_start, epochs,
                                                 initial_epoch, **kwargs)
-            import tensorflow as tf
-            from scikeras.utils.random_state import tensorflow_random_state
-
-            n_fit = int(len(X) * (1 - (self.validation_split or 0)))  # Keras's split: last rows
-            X, y = X.astype("float32"), y.astype("float32")
-            val = (X[n_fit:], y[n_fit:]) if n_fit < len(X) else None
-            trainer = _trainer_for(self.model_, self.learning_rate)
-            with tensorflow_random_state(self.random_state):  # as scikeras seeds its own fit
-                data = (tf.data.Dataset.from_tensor_slices((X[:n_fit], y[:n_fit]))
-                        .shuffle(n_fit, seed=self.random_state, reshuffle_each_iteration=True)
-                        .batch(self.batch_size))
-                if val is None and not self.callbacks:  # no per-epoch work: one long epoch
-                    history = trainer.fit(data.repeat(epochs), epochs=1, shuffle=False,
-                                          verbose=0)
-                else:  # Keras's epochs: a fresh pass (a new shuffle) over `data` each
-                    history = trainer.fit(data, epochs=epochs, shuffle=False, verbose=0,
-                                          validation_data=val, callbacks=self._fit_callbacks)
-            self.model_.set_weights(trainer.get_weights())  # and the optimizer's state:
-            self.model_.optimizer.build(self.model_.trainable_variables)
-            for mine, trained in zip(self.model_.optimizer.variables, trainer.optimizer.variables):
-                mine.assign(trained)
-            self.history_ = defaultdict(list, history.history)
+            self.history_ = defaultdict(list, _train_fast(self, X, y, epochs))
 
         def _predict_raw(self, X, **kwargs):
             X, _ = self._validate_data(X=X, y=None)
@@ -1223,18 +1226,6 @@ def plot_target_distribution(streams: pd.Series):
     axes[1].hist(np.log10(streams), bins=40)
     axes[1].set(title="log scale")
     streams_axis(axes[1].xaxis)
-    fig.tight_layout()
-    return fig
-
-
-def plot_correlation_heatmap(corr: pd.DataFrame):
-    """Heatmap of a correlation matrix with values written in the cells."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    fig, ax = plt.subplots(figsize=(11, 9))
-    sns.heatmap(corr, cmap="vlag", center=0, vmin=-1, vmax=1, annot=True, fmt=".1f",
-                annot_kws={"size": 7}, cbar_kws={"shrink": 0.6}, ax=ax)
     fig.tight_layout()
     return fig
 
