@@ -83,6 +83,14 @@ def stub_helpers(monkeypatch, tmp_path, *, synthetic=False, data_error=None, rea
 
 
 @pytest.fixture
+def folder(tmp_path):
+    """An empty folder for a test's stub notebooks."""
+    path = tmp_path / "nbs"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
 def csv_file(tmp_path):
     path = tmp_path / "songs.csv"
     path.write_bytes(b"track_name,streams\r\nA,1\r\n")
@@ -90,10 +98,8 @@ def csv_file(tmp_path):
 
 
 def test_success_writes_notebooks_report_and_summary(run_series, tmp_path, csv_file,
-                                                     monkeypatch, capsys):
+                                                     monkeypatch, capsys, folder):
     stub_helpers(monkeypatch, tmp_path)
-    folder = tmp_path / "nbs"
-    folder.mkdir()
     write_notebook(folder, "01_first", "print('seed is', SEED, 'quick is', QUICK)")
     write_notebook(folder, "06_results", (
         "import json, pathlib\n"
@@ -130,10 +136,8 @@ def test_success_writes_notebooks_report_and_summary(run_series, tmp_path, csv_f
 
 
 def test_failing_notebook_exits_1_and_keeps_previous_output(run_series, tmp_path, csv_file,
-                                                            monkeypatch, capsys):
+                                                            monkeypatch, capsys, folder):
     stub_helpers(monkeypatch, tmp_path)
-    folder = tmp_path / "nbs"
-    folder.mkdir()
     write_notebook(folder, "01_ok", "x = 1")
     write_notebook(folder, "02_boom", "y = 2", "# fit the model\nraise ValueError('boom 42')")
     write_notebook(folder, "03_later", "z = 3")
@@ -162,14 +166,12 @@ def test_failing_notebook_exits_1_and_keeps_previous_output(run_series, tmp_path
     assert "incomplete" in err
 
 
-def test_sigterm_leaves_no_hidden_files_and_marks_the_run(tmp_path):
+def test_sigterm_leaves_no_hidden_files_and_marks_the_run(tmp_path, folder):
     """A run stopped with SIGTERM (a CI timeout, `kill`) keeps the partial notebook as
     NN.failed.ipynb, leaves no hidden temp file and says the output is incomplete."""
     import signal
     import time
 
-    folder = tmp_path / "nbs"
-    folder.mkdir()
     write_notebook(folder, "01_slow", "import time\nprint('started', flush=True)\ntime.sleep(60)")
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--notebooks-dir", str(folder),
@@ -191,10 +193,8 @@ def test_sigterm_leaves_no_hidden_files_and_marks_the_run(tmp_path):
 
 
 def test_data_error_exits_2_before_running_anything(run_series, tmp_path, csv_file,
-                                                    monkeypatch, capsys):
+                                                    monkeypatch, capsys, folder):
     stub_helpers(monkeypatch, tmp_path, data_error="songs.csv has a header but no data rows.")
-    folder = tmp_path / "nbs"
-    folder.mkdir()
     write_notebook(folder, "01_marker", "open('ran.txt', 'w').write('ran')")
     out = tmp_path / "out"
 
@@ -207,10 +207,9 @@ def test_data_error_exits_2_before_running_anything(run_series, tmp_path, csv_fi
     assert not (folder / "ran.txt").exists() and not out.exists()
 
 
-def test_missing_data_file_and_unknown_notebook_exit_2(run_series, tmp_path, monkeypatch, capsys):
+def test_missing_data_file_and_unknown_notebook_exit_2(run_series, tmp_path, monkeypatch, capsys,
+                                                       folder):
     stub_helpers(monkeypatch, tmp_path)
-    folder = tmp_path / "nbs"
-    folder.mkdir()
     write_notebook(folder, "01_only", "pass")
     missing = tmp_path / "no.csv"
     assert run_series.main(["--notebooks-dir", str(folder), "--data", str(missing)]) == 2
@@ -220,10 +219,8 @@ def test_missing_data_file_and_unknown_notebook_exit_2(run_series, tmp_path, mon
 
 
 def test_only_runs_the_subset_and_shows_synthetic_banner(run_series, tmp_path, csv_file,
-                                                         monkeypatch, capsys):
+                                                         monkeypatch, capsys, folder):
     stub_helpers(monkeypatch, tmp_path, synthetic=True)
-    folder = tmp_path / "nbs"
-    folder.mkdir()
     write_notebook(folder, "01_skipped", "pass")
     write_notebook(folder, "02_run", "pass")
     out = tmp_path / "out"
@@ -238,10 +235,8 @@ def test_only_runs_the_subset_and_shows_synthetic_banner(run_series, tmp_path, c
     assert "no headline metrics (06 not run)" in printed
 
 
-def test_refresh_needs_the_real_file(run_series, tmp_path, monkeypatch, capsys):
+def test_refresh_needs_the_real_file(run_series, tmp_path, monkeypatch, capsys, folder):
     stub_helpers(monkeypatch, tmp_path)  # RAW_DATA absent
-    folder = tmp_path / "nbs"
-    folder.mkdir()
     notebook = write_notebook(folder, "01_committed", "print('fresh')")
     before = notebook.read_bytes()
     assert run_series.main(["--notebooks-dir", str(folder), "--refresh",
@@ -251,12 +246,11 @@ def test_refresh_needs_the_real_file(run_series, tmp_path, monkeypatch, capsys):
     assert notebook.read_bytes() == before
 
 
-def test_refresh_executes_in_place_without_parameters(run_series, tmp_path, monkeypatch, capsys):
+def test_refresh_executes_in_place_without_parameters(run_series, tmp_path, monkeypatch, capsys,
+                                                      folder):
     real = tmp_path / "spotify-2023.csv"
     real.write_text("pretend this is the real file\n")
     stub_helpers(monkeypatch, tmp_path, real_file=real)
-    folder = tmp_path / "nbs"
-    folder.mkdir()
     notebook = write_notebook(folder, "01_committed", "print('data is', DATA_PATH)",
                               "print('Some Song Title | Some Artist | 123456789')")
     nb = nbformat.read(notebook, as_version=4)
@@ -276,7 +270,7 @@ def test_refresh_executes_in_place_without_parameters(run_series, tmp_path, monk
     assert sorted(p.name for p in folder.iterdir()) == ["01_committed.ipynb"]
 
 
-def test_bad_csv_with_real_helpers(tmp_path):
+def test_bad_csv_with_real_helpers(tmp_path, folder):
     """The real command line and the real helpers: a header-only CSV is refused (exit 2),
     before any notebook runs, and the file is left byte-identical."""
     import helpers
@@ -285,8 +279,6 @@ def test_bad_csv_with_real_helpers(tmp_path):
     header_only = tmp_path / "header-only.csv"
     header_only.write_bytes(sample.read_bytes().splitlines(keepends=True)[0])
     before = header_only.read_bytes()
-    folder = tmp_path / "nbs"
-    folder.mkdir()
     write_notebook(folder, "01_marker", "open('ran.txt', 'w').write('ran')")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -417,13 +409,11 @@ FINAL_BAR = "inner work: 100%|██████████| 30/30 steps"
 
 def test_a_cells_bar_reaches_the_console_and_the_notebook_as_one_line(run_series, tmp_path,
                                                                       csv_file, monkeypatch,
-                                                                      capsys):
+                                                                      capsys, folder):
     """helpers.progress in a cell: off a terminal the console gets the bar's final line once
     (no \\r updates); the executed notebook keeps that line only; other kernel stderr stays
     in the notebook, as before."""
     stub_helpers(monkeypatch, tmp_path)
-    folder = tmp_path / "nbs"
-    folder.mkdir()
     write_notebook(folder, "01_bar", BAR_CELL)
     out = tmp_path / "out"
 
