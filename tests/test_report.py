@@ -1,10 +1,10 @@
-"""The HTML report of scripts/run_series.py (build_report) on small executed-like notebooks:
-a real title, the answer and the test-set table from the run's metrics on top, the key figures
-and the conclusions, a table of contents whose links all land, code folded, papermill's
-parameters cells gone, stream outputs merged, links between notebooks kept inside the report,
-nothing loaded from the network, figures inline. (The same properties on a real quick run of
-the series: tests/test_series_smoke.py.) No kernel runs here: the notebooks carry made-up
-outputs, so the whole module takes a few seconds.
+"""The HTML report (scripts/series_report.py, build_report) on small executed-like notebooks:
+a real title, the answer and the test-set table (models × feature sets) from the run's metrics
+on top, the key figures and the conclusions, a table of contents whose links all land, code
+folded, papermill's parameters cells gone, stream outputs merged, links between notebooks kept
+inside the report, nothing loaded from the network, figures inline. (The same properties on a
+real quick run of the series: tests/test_series_smoke.py.) No kernel runs here: the notebooks
+carry made-up outputs, so the whole module takes a few seconds.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ FIGURES = ROOT / "reports" / "figures"
 BANNER = "⚠ SYNTHETIC SAMPLE: made-up numbers. Download it: `kaggle datasets download x/y`"
 HEADLINE = [
     {"model": "linear", "feature_set": "audio", "r2": 0.0123, "mae": 0.371, "median_factor": 2.09},
-    {"model": "hgb", "feature_set": "full", "r2": 0.8567, "mae": 0.142, "median_factor": 1.28},
+    {"model": "linear", "feature_set": "full", "r2": 0.7401, "mae": 0.18, "median_factor": 1.44},
+    {"model": "hgb", "feature_set": "full", "r2": 0.8567, "mae": 0.142, "median_factor": 1.28,
+     "r2_low": 0.7912, "r2_high": 0.9049},
     {"model": "ridge", "feature_set": "pre-release", "r2": 0.5432, "mae": 0.25,
      "median_factor": 1.61, "r2_low": 0.4011, "r2_high": 0.6522},
 ]
@@ -33,8 +35,9 @@ CV = [{"model": "hgb", "feature_set": "full", "r2_mean": 0.8251, "r2_std": 0.049
 
 
 @pytest.fixture(scope="module")
-def run_series():
-    spec = importlib.util.spec_from_file_location("run_series", ROOT / "scripts" / "run_series.py")
+def series_report():
+    spec = importlib.util.spec_from_file_location("series_report",
+                                                  ROOT / "scripts" / "series_report.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -127,15 +130,21 @@ def executed_run(folder: Path, stems=("01_first", "02_second", "06_results")) ->
 
 
 @pytest.fixture(scope="module")
-def report(run_series, tmp_path_factory):
-    """(HTML text, parsed document) of the report of a three-notebook run."""
+def report_file(series_report, tmp_path_factory) -> Path:
+    """report.html of a three-notebook run."""
     folder = tmp_path_factory.mktemp("run")
     executed = executed_run(folder)
     destination = folder / "report.html"
-    run_series.build_report(executed, destination, metrics_dir=folder / "metrics",
-                            figures_dir=folder / "figures", banner=BANNER,
-                            data_name="songs.csv")
-    text = destination.read_text(encoding="utf-8")
+    series_report.build_report(executed, destination, metrics_dir=folder / "metrics",
+                               figures_dir=folder / "figures", banner=BANNER,
+                               data_name="songs.csv")
+    return destination
+
+
+@pytest.fixture(scope="module")
+def report(report_file):
+    """(HTML text, parsed document) of the report of a three-notebook run."""
+    text = report_file.read_text(encoding="utf-8")
     return text, BeautifulSoup(text, "html.parser")
 
 
@@ -145,29 +154,40 @@ def top_of(soup):
     return "".join(str(node) for node in first.find_all_previous(string=True)[::-1])
 
 
-def test_title_and_answer_come_from_the_run(report, run_series):
+def test_title_and_answer_come_from_the_run(report, series_report):
     text, soup = report
-    assert soup.title.string == f"{run_series.REPORT_TITLE} (songs.csv)"
-    assert soup.find("h1").get_text() == run_series.REPORT_TITLE
+    assert soup.title.string == f"{series_report.REPORT_TITLE} (songs.csv)"
+    assert soup.find("h1").get_text() == series_report.REPORT_TITLE
     answer = soup.find("p", class_="report-answer").get_text()
-    assert run_series.takeaway(HEADLINE) in answer  # the console's sentence, this run's numbers
+    assert series_report.takeaway(HEADLINE) in answer  # the console's sentence, this run's numbers
     assert "0.857" in answer and "×1.28" not in answer and "1.28" in answer
     assert "80 test songs" in answer and "317 songs" in answer
     assert "quick (smoke) run" in soup.find("p", class_="report-meta").get_text()
 
 
-def test_headline_table_with_intervals(report):
+def test_headline_table_is_models_by_feature_sets(report):
+    """One row a model, one column a feature set (test R² [95 % interval] where the row has
+    one; — where the model did not run), then the typical error on the full set."""
     _, soup = report
     table = soup.find("table", class_="report-table")
-    header = [th.get_text() for th in table.find_all("th")]
-    assert header == ["model", "feature set", "test R²", "CV R² (mean ± sd)", "MAE (log10)",
-                      "typical error"]
-    rows = {tuple(td.get_text() for td in tr.find_all("td"))[:2]: [td.get_text() for td in
-                                                                    tr.find_all("td")]
-            for tr in table.tbody.find_all("tr")}
-    assert rows["hgb", "full"] == ["hgb", "full", "0.857", "0.825 ± 0.049", "0.142", "×1.28"]
-    assert rows["ridge", "pre-release"][2] == "0.543 [0.401, 0.652]"
-    assert rows["linear", "audio"][3] == ""  # no CV row for it
+    assert "95 % interval" in table.caption.get_text()
+    header = [th.get_text() for th in table.thead.find_all("th")]
+    assert header == ["model", "audio", "full", "pre-release", "typical error (full set)"]
+    rows = [[cell.get_text() for cell in tr.find_all(["th", "td"])]
+            for tr in table.tbody.find_all("tr")]
+    assert rows == [["linear", "0.012", "0.740", "—", "×1.44"],
+                    ["hgb", "—", "0.857 [0.79, 0.90]", "—", "×1.28"],
+                    ["ridge", "—", "—", "0.543 [0.40, 0.65]", "—"]]
+
+
+def test_headline_table_without_a_full_set(series_report):
+    """The last column falls back to the last feature set, and says so."""
+    columns, rows = series_report.headline_table([
+        {"model": "m", "feature_set": "a", "r2": 0.5, "median_factor": 2.0},
+        {"model": "m", "feature_set": "b", "r2": 0.25, "median_factor": 1.5,
+         "r2_low": 0.1, "r2_high": None}])
+    assert columns == ["model", "a", "b", "typical error (b set)"]
+    assert rows == [["m", "0.500", "0.250", "×1.50"]]
 
 
 def test_the_top_holds_answer_table_figures_conclusions_then_contents(report):
@@ -262,11 +282,11 @@ def test_works_offline_with_figures_inline(report):
     assert images and all(img["src"].startswith("data:image/png;base64,") for img in images)
 
 
-def test_a_partial_run_still_gets_a_report(run_series, tmp_path):
+def test_a_partial_run_still_gets_a_report(series_report, tmp_path):
     """--only 01,02: no 06, so no test-set results or conclusions; links to 06 unlinked."""
     executed = executed_run(tmp_path, stems=("01_first", "02_second"))
     destination = tmp_path / "report.html"
-    run_series.build_report(executed, destination, metrics_dir=tmp_path / "metrics",
+    series_report.build_report(executed, destination, metrics_dir=tmp_path / "metrics",
                             figures_dir=tmp_path / "figures")
     soup = BeautifulSoup(destination.read_text(encoding="utf-8"), "html.parser")
     assert "06_results is not part of this run" in soup.find(class_="report-note").get_text()
@@ -280,12 +300,13 @@ def test_a_partial_run_still_gets_a_report(run_series, tmp_path):
     assert not list(tmp_path.glob(".*partial"))  # written via a temp file, none left
 
 
-def test_missing_metrics_are_said_not_fatal(run_series, tmp_path):
+def test_missing_metrics_are_said_not_fatal(series_report, tmp_path):
     executed = executed_run(tmp_path)
     (tmp_path / "metrics" / "06_results.json").write_text("{not json", encoding="utf-8")
     destination = tmp_path / "report.html"
-    run_series.build_report(executed, destination, metrics_dir=tmp_path / "metrics")
+    series_report.build_report(executed, destination, metrics_dir=tmp_path / "metrics")
     soup = BeautifulSoup(destination.read_text(encoding="utf-8"), "html.parser")
     assert "cannot read 06_results.json" in soup.find(class_="report-note").get_text()
     assert soup.find("figure") is None  # no figures folder given
     assert soup.find(id="conclusions") is not None  # the notebook's prose still is there
+

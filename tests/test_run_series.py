@@ -124,6 +124,9 @@ def test_success_writes_notebooks_report_and_summary(run_series, tmp_path, csv_f
     assert "[1/2] 01_first" in printed and "[2/2] 06_results" in printed
     assert "ridge" in printed and "0.510" in printed and "×2.00" in printed
     assert "Test set" in printed and "typical error" in printed  # labelled, not raw keys
+    # the report's table of models × feature sets (series_report.headline_table), aligned
+    assert re.search(r"^model +platform +typical error \(platform set\)\n"
+                     r"ridge +0\.510 +×2\.00\n", printed, re.M), printed
     assert "Best: ridge on the platform features, test R² 0.510" in printed
     assert (out / "report.html").resolve().as_uri() in printed  # a link a terminal can open
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # inputs untouched
