@@ -2,9 +2,11 @@
 a real title, the answer and the test-set table (models × feature sets) from the run's metrics
 on top, the key figures and the conclusions, a table of contents whose links all land, code
 folded, papermill's parameters cells gone, stream outputs merged, links between notebooks kept
-inside the report, nothing loaded from the network, figures inline. (The same properties on a
-real quick run of the series: tests/test_series_smoke.py.) No kernel runs here: the notebooks
-carry made-up outputs, so the whole module takes a few seconds.
+inside the report, nothing loaded from the network, figures inline; and the same report opened
+in headless Chromium where one is installed: a screenshot, every image loaded, every link
+landing, a sans-serif face. (The same properties on a real quick run of the series:
+tests/test_series_smoke.py.) No kernel runs here: the notebooks carry made-up outputs, so the
+whole module takes a few seconds.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import nbformat
 import pytest
@@ -310,3 +315,134 @@ def test_missing_metrics_are_said_not_fatal(series_report, tmp_path):
     assert soup.find("figure") is None  # no figures folder given
     assert soup.find(id="conclusions") is not None  # the notebook's prose still is there
 
+
+# --- the report in a real browser ------------------------------------------------------------
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+SCREENSHOT = ROOT / "build" / "test-report" / "report.png"
+WINDOW = (1280, 1600)
+# Appended to a copy of the report: once everything has loaded, write what the browser saw
+# into the page, where --dump-dom shows it.
+PROBE = """<script>
+window.addEventListener("load", function () {
+  var images = Array.from(document.images);
+  var links = Array.from(document.querySelectorAll('a[href^="#"]'), function (a) {
+    return a.getAttribute("href"); });
+  var answer = document.querySelector(".report-answer") || document.body;
+  var out = document.createElement("pre");
+  out.id = "browser-probe";
+  out.textContent = JSON.stringify({
+    images: images.length,
+    broken: images.filter(function (i) { return !i.complete || i.naturalWidth === 0; })
+                  .map(function (i) { return i.alt || i.src.slice(0, 80); }),
+    unlanded: links.filter(function (h) {
+      return !document.getElementById(decodeURIComponent(h.slice(1))); }),
+    font: getComputedStyle(answer).fontFamily});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """The path of a Chromium-family browser, or a visible skip saying how to get one."""
+    found = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
+    if found is None:
+        pytest.skip(f"no {', '.join(BROWSERS)} on PATH, so the report is not checked in a "
+                    "browser; install one (Debian: apt-get install chromium; .ci/run does)")
+    return found
+
+
+def headless(browser: str, tmp_path: Path, *arguments: str) -> str:
+    """Run the browser headless (flags that keep it off the network) and return its stdout."""
+    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
+    flags = ["--headless", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             "--hide-scrollbars", f"--user-data-dir={profile}"]
+    if os.geteuid() == 0:
+        flags.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
+    done = subprocess.run([browser, *flags, *arguments], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def check_in_browser(browser: str, page: Path, tmp_path: Path) -> dict:
+    """What the browser saw of `page`: how many images, the ones that did not load, the
+    in-page links that land on no element, the answer's font; plus links to files that do
+    not exist (relative to the page)."""
+    probed = tmp_path / f"probed-{page.name}"
+    probed.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"),
+                      encoding="utf-8")
+    dom = headless(browser, tmp_path, "--virtual-time-budget=10000", "--dump-dom",
+                   probed.as_uri())
+    probe = BeautifulSoup(dom, "html.parser").find(id="browser-probe")
+    assert probe is not None, f"the page did not finish loading: {dom[-500:]}"
+    seen = json.loads(probe.get_text())
+    soup = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
+    hrefs = [a["href"] for a in soup.find_all("a", href=True)]
+    files = [urlparse(h).path for h in hrefs if not urlparse(h).scheme and h[:1] != "#"]
+    seen["missing_files"] = [f for f in files if not (page.parent / unquote(f)).exists()]
+    # A browser shows a PNG cut short as far as it goes (naturalWidth > 0): decode each whole.
+    seen["truncated"] = [img.get("alt") for img in soup.find_all("img", src=True)
+                         if img["src"].startswith("data:image/png;base64,")
+                         and not png_decodes(img["src"].split(",", 1)[1])]
+    return seen
+
+
+def png_decodes(data: str) -> bool:
+    """Whether base64 PNG data decodes to the end."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as png:
+            png.load()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def test_the_report_in_a_browser(browser, report_file, tmp_path):
+    """Every image loads, every in-report link lands, links to files exist, the text is in a
+    sans-serif face; the screenshot (build/test-report/report.png) is the window's size and
+    not blank."""
+    from PIL import Image, ImageStat
+
+    seen = check_in_browser(browser, report_file, tmp_path)
+    assert seen["images"] >= 3, seen  # two key figures and the notebook's own output
+    assert seen["broken"] == seen["truncated"] == seen["unlanded"] == seen["missing_files"] == [], \
+        seen
+    assert "sans-serif" in seen["font"] and "serif" not in seen["font"].split(",")[0], seen
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    SCREENSHOT.unlink(missing_ok=True)
+    headless(browser, tmp_path, f"--screenshot={SCREENSHOT}",
+             "--window-size={},{}".format(*WINDOW), report_file.as_uri())
+    with Image.open(SCREENSHOT) as shot:
+        assert shot.size == WINDOW
+        gray = shot.convert("L")
+        dark = sum(gray.histogram()[:128]) / (WINDOW[0] * WINDOW[1])
+        assert ImageStat.Stat(gray).stddev[0] > 20 and 0.005 < dark < 0.5, "a blank page"
+
+
+def test_the_browser_check_sees_a_broken_image_and_links_that_land_nowhere(browser, report_file,
+                                                                           tmp_path):
+    """The check above can fail: planted in a copy of the report, an image that does not
+    decode, one cut short, a link to a missing anchor and a link to a missing file are each
+    reported."""
+    text = report_file.read_text(encoding="utf-8")
+    planted_images = iter(["iVBORw0KGgoAAAA", None])  # the PNG signature alone; cut short
+
+    def plant(match):
+        data = next(planted_images, match.group(1))
+        return f'src="data:image/png;base64,{data or match.group(1)[:2000]}"'
+
+    broken = re.sub(r'src="data:image/png;base64,([^"]*)"', plant, text).replace(
+        "</main>", '<a href="#no-such-section">x</a><a href="no-such-file.html">y</a></main>')
+    planted = tmp_path / "planted.html"
+    planted.write_text(broken, encoding="utf-8")
+    seen = check_in_browser(browser, planted, tmp_path)
+    assert len(seen["broken"]) == 1 and len(seen["truncated"]) == 2, seen
+    assert seen["unlanded"] == ["#no-such-section"], seen
+    assert seen["missing_files"] == ["no-such-file.html"], seen
