@@ -25,7 +25,7 @@ help:
 	@echo "make test               ruff check + pytest (unit tests and nbval on notebooks/)"
 	@echo "make test-fast          development tier: ruff + unit tests (no nbval, no smoke run)"
 	@echo "make refresh-notebooks  maintainer: re-execute notebooks/ in place on the real data file"
-	@echo "make readme             regenerate the README's results and performance tables"
+	@echo "make readme             regenerate the generated blocks of README.md and docs/*.md"
 	@echo "make bench              measure speed and memory (writes reports/benchmark.json)"
 	@echo "make drift              maintainer: measure TF drift across emulated CPUs (reports/drift.json)"
 	@echo "make lab                open JupyterLab in notebooks/"
@@ -62,6 +62,8 @@ refresh-notebooks: venv
 	$(BIN)/python scripts/run_series.py --refresh --output "$(OUT)"
 	$(BIN)/python scripts/update_readme.py
 
+# The tables of README.md and docs/*.md from reports/ (scripts/update_readme.py, BLOCKS);
+# `$(BIN)/python scripts/update_readme.py --check` only checks.
 readme: venv
 	$(BIN)/python scripts/update_readme.py
 

@@ -1,8 +1,11 @@
-"""Regenerate the README's generated blocks (results, performance) from the committed reports.
+"""Regenerate the generated blocks of README.md and docs/*.md from the committed reports.
 
 Usage: python scripts/update_readme.py [--check]
-  --check  exit 1 (and say which block) if README.md is out of date, instead of rewriting it.
-Blocks sit between `<!-- NAME:start -->` and `<!-- NAME:end -->` markers.
+  --check  exit 1 (and say which page and block) if a block is out of date, instead of
+           rewriting it.
+A block sits between `<!-- NAME:start -->` and `<!-- NAME:end -->` markers in the page that
+BLOCKS names for it, and is generated from a file in reports/. A block whose report or page
+does not exist is skipped, and the run says so.
 """
 
 from __future__ import annotations
@@ -14,42 +17,29 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # however this file is loaded (tests load it by path)
+from series_report import headline_table  # noqa: E402  (the report's table of the test set)
+
 README = ROOT / "README.md"
-RESULTS = ROOT / "reports" / "metrics" / "06_results.json"
-BENCHMARK = ROOT / "reports" / "benchmark.json"
-DRIFT = ROOT / "reports" / "drift.json"  # scripts/measure_drift.py
-CONTRACT_MARKER = "<!-- contract:start -->"
-MODELS = ["mean", "linear", "hgb", "hgb tuned", "rf tuned", "seed MLP", "tuned MLP", "ensemble"]
-SETS = ["audio", "pre-release", "full"]
+MARKER = re.compile(r"^<!-- ([\w-]+):start -->$", re.M)  # a line of its own
 
 
 def results_block(results: dict) -> str:
-    """Markdown table: CV R² (mean ± std) and test R² per model and feature set."""
-    cv = {(r["model"], r["feature_set"]): r for r in results["cv"]}
-    test = {(r["model"], r["feature_set"]): r for r in results["test"]}
-    head = "| model | " + " | ".join(f"{s}: CV R² | {s}: test R²" for s in SETS)
-    head += " | full: typical error (test) |"
-    lines = [head, "|---" * (2 * len(SETS) + 2) + "|"]
-    for m in MODELS:
-        cells = []
-        for s in SETS:
-            if (m, s) not in test:  # the tuned MLP and the ensemble: full set only
-                cells += ["—", "—"]
-                continue
-            c, t = cv[m, s], test[m, s]
-            cells += [f"{c['r2_mean']:.3f} ± {c['r2_std']:.3f}",
-                      f"{t['r2']:.3f} [{t['r2_low']:.2f}, {t['r2_high']:.2f}]"]
-        cells.append(f"× {test[m, 'full']['median_factor']:.2f}")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    tuned = ", ".join(f"{k} {v}" for k, v in results["tuned"].items())
-    lines += ["", f"R² on log10(streams); CV on {results['n_train']} training songs "
-              f"(5-fold grouped by first artist × 3 repeats, mean ± sd over folds), test on "
-              f"{results['n_test']} held-out songs by artists never seen in training [95 % "
-              "bootstrap interval]. "
-              f"Tuned MLP (notebook 05's grid, full set only; — : not run): {tuned}. "
-              "hgb / rf tuned: notebook 05's searches per feature set; hgb: scikit-learn's "
-              "defaults. Typical error: 10^(median |log10 error|).",
-              "", quality_bar(results)]
+    """The test-set table of 06_results.json (models × feature sets, as in the report and the
+    console summary), what it measures, and the quality-bar sentence."""
+    columns, rows = headline_table(results["headline"])
+    lines = ["| " + " | ".join(columns) + " |", "|---" + "|--:" * (len(columns) - 1) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    tuned = ", ".join(f"{k} {v}" for k, v in results.get("tuned", {}).items())
+    lines += ["", f"Test R² on log10(streams) [95 % bootstrap interval] of the {results['n_test']} "
+              f"held-out songs, by artists never seen in training ({results['n_train']} songs "
+              "for training and cross-validation); —: not run on that feature set. "
+              + (f"Tuned MLP: notebook 05's grid ({tuned}). " if tuned else "")
+              + "hgb / rf tuned: notebook 05's searches per feature set; hgb: scikit-learn's "
+              "defaults. Typical error: 10^(median |log10 error|), the factor within which half "
+              "of the songs are predicted."]
+    if results.get("paired"):
+        lines += ["", quality_bar(results)]
     return "\n".join(lines)
 
 
@@ -107,6 +97,16 @@ def performance_block(bench: dict) -> str:
     return "\n".join(lines)
 
 
+def runtime_block(bench: dict) -> str:
+    """One sentence for the README: how long the whole series took in the benchmark."""
+    seconds = bench["figures"].get("series_s")
+    if seconds is None:
+        return "The whole series has not been timed yet (`make bench`)."
+    return (f"On the benchmark's machine ({bench['machine']}) the whole series took "
+            f"{seconds:.0f} s, about {seconds / 60:.0f} minutes, on the real file "
+            f"({bench['date']}).")
+
+
 def contract_block(drift: dict) -> str:
     """Markdown table of the reproducibility contract: per metric category the largest drift
     seen across emulated CPUs, the typical change from another seed, and the tolerance."""
@@ -141,43 +141,79 @@ def contract_block(drift: dict) -> str:
     return "\n".join(lines)
 
 
+# name: (the page it lives in, the report it is generated from, relative to reports/, and
+# the function that renders it)
+BLOCKS = {
+    "results": ("README.md", "metrics/06_results.json", results_block),
+    "runtime": ("README.md", "benchmark.json", runtime_block),
+    "performance": ("docs/performance.md", "benchmark.json", performance_block),
+    "contract": ("docs/reproducibility.md", "drift.json", contract_block),
+}
+
+
 def blocks() -> dict:
-    """The generated text of every block whose source file exists."""
+    """The generated text of every block whose report and page exist."""
     out = {}
-    if RESULTS.is_file():
-        out["results"] = results_block(json.loads(RESULTS.read_text(encoding="utf-8")))
-    if BENCHMARK.is_file():
-        out["performance"] = performance_block(json.loads(BENCHMARK.read_text(encoding="utf-8")))
-    if DRIFT.is_file() and CONTRACT_MARKER in README.read_text(encoding="utf-8"):
-        out["contract"] = contract_block(json.loads(DRIFT.read_text(encoding="utf-8")))
+    for name, (page, source, renderer) in BLOCKS.items():
+        report = ROOT / "reports" / source
+        if report.is_file() and (ROOT / page).is_file():
+            out[name] = renderer(json.loads(report.read_text(encoding="utf-8")))
     return out
 
 
-def render(text: str, generated: dict) -> str:
-    """README text with each marked block replaced by its generated content."""
+def render(text: str, generated: dict, page: str = "README.md") -> str:
+    """A page's text with each of its blocks replaced by its generated content."""
     for name, body in generated.items():
+        if BLOCKS[name][0] != page:
+            continue
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
         if not pattern.search(text):
-            raise SystemExit(f"README.md has no <!-- {name}:start/end --> markers")
+            raise SystemExit(f"{page} has no <!-- {name}:start --> ... <!-- {name}:end --> "
+                             "markers; put them where the block belongs, or change its page "
+                             "in scripts/update_readme.py's BLOCKS")
         text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(2), text)
+    for name in MARKER.findall(text):  # a block no one generates, or left behind
+        if name not in BLOCKS:
+            raise SystemExit(f"{page} has the markers of a block {name!r} that BLOCKS in "
+                             "scripts/update_readme.py does not know: add it there or remove "
+                             "the markers")
+        if BLOCKS[name][0] != page:
+            raise SystemExit(f"{page} has the markers of block {name!r}, which is generated "
+                             f"into {BLOCKS[name][0]}: remove them from {page}")
     return text
 
 
+def pages() -> list[Path]:
+    """The pages that can hold blocks: README.md and docs/*.md."""
+    return [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def main(argv=None) -> int:
-    """Rewrite README.md, or with --check report whether it is current."""
+    """Rewrite the pages' blocks, or with --check report whether they are current."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check, do not write")
     args = parser.parse_args(argv)
-    current = README.read_text(encoding="utf-8")
-    updated = render(current, blocks())
-    if args.check:
-        if updated != current:
-            print("README.md is stale: run `make readme` (python scripts/update_readme.py)")
-            return 1
-        print("README.md is up to date")
-        return 0
-    README.write_text(updated, encoding="utf-8")
-    print("README.md updated")
+    generated = blocks()
+    for name in BLOCKS.keys() - generated.keys():
+        page, source, _ = BLOCKS[name]
+        missing = page if not (ROOT / page).is_file() else f"reports/{source}"
+        print(f"block {name} skipped: {missing} does not exist")
+    stale = []
+    for path in pages():
+        page = path.relative_to(ROOT).as_posix()
+        current = path.read_text(encoding="utf-8")
+        updated = render(current, generated, page)
+        if updated == current:
+            continue
+        stale.append(page)
+        if not args.check:
+            path.write_text(updated, encoding="utf-8")
+            print(f"{page} updated")
+    if args.check and stale:
+        print(f"stale generated blocks in {', '.join(stale)}: run `make readme` "
+              "(python scripts/update_readme.py) and commit")
+        return 1
+    print("generated blocks up to date" if args.check or not stale else "done")
     return 0
 
 
