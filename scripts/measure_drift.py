@@ -178,7 +178,8 @@ def breaking_cells(reference: Path, other: Path, the_contract) -> list[str]:
 
 
 def largest(pairs: list) -> tuple:
-    return max(pairs, default=(0.0, None), key=lambda pair: pair[0])
+    found = max(pairs, default=(0.0, None), key=lambda pair: pair[0])
+    return found if found[0] > 0 else (0.0, None)  # None: nothing moved
 
 
 def analyse(out: Path, labels: list[str]) -> dict:

@@ -244,7 +244,8 @@ def _printed(match: re.Match, line: int) -> Printed:
 
 
 def split_floats(text: str) -> tuple[str, list[Printed]]:
-    """The text with every printed float replaced by FLOAT_MARK (counts stay), and the floats."""
+    """The text with every printed float replaced by FLOAT_MARK (counts stay; runs of spaces
+    made one: a table pads a column to its widest value, "-0.003" is wider than "0.004")."""
     floats = []
 
     def replace(match):
@@ -253,7 +254,7 @@ def split_floats(text: str) -> tuple[str, list[Printed]]:
         floats.append(_printed(match, text.count("\n", 0, match.start()) + 1))
         return FLOAT_MARK
 
-    return NUMBER_RE.sub(replace, text), floats
+    return re.sub(r"[ \t]+", " ", NUMBER_RE.sub(replace, text)), floats
 
 
 def _clip(line: str, width: int = 160) -> str:

@@ -1,6 +1,5 @@
-"""The reproducibility contract (tests/contract.py, conftest.py, scripts/measure_drift.py):
-drift within the rule passes, and every kind of real change fails with a message that names
-the place, both values and the tolerance."""
+"""The contract (tests/contract.py, conftest.py, scripts/measure_drift.py): drift within the
+rule passes; every kind of real change fails, naming the place, both values and the tolerance."""
 
 from __future__ import annotations
 
@@ -100,6 +99,7 @@ def test_unstable_table_is_compared_through_its_summary():
     ("CV R² 0.347 ± 0.049 (15 folds)", "CV R² 0.366 ± 0.050 (15 folds)", None),
     ("R² 0.349", "R² 0.370", None),  # T + one unit of the last printed digit
     ("R² −0.0636", "R² -0.0645", None),
+    ("2  ridge    0.004   0.022", "2  ridge   -0.003   0.013", None),  # a table's padding
     ("explains 34.7% of it", "explains 36.5% of it", None),
     ("error × 12.1", "error × 12.4", None),  # relative above 1: 0.02 x 12.1 + 0.1
     ("R² 0.347", "R² 0.369", "line 1: committed 0.347, fresh 0.369: difference +0.022 > "
@@ -143,7 +143,6 @@ def test_cell_outputs_and_notebooks():
 
 
 def png(size=(60, 40), dark=0, shade=200) -> bytes:
-    """A grey image; the first `dark` pixels of the first row darker by `shade`."""
     from PIL import Image
 
     img = Image.new("RGB", size, (200, 200, 200))
@@ -253,8 +252,7 @@ SESSION_CELLS = [  # (printed now, committed output, tags)
 
 
 def test_the_session_applies_the_rule_to_every_cell():
-    """A real nbval run (its own kernel) on a throw-away notebook under build/ (inside the
-    repo, so that conftest.py and pyproject.toml apply)."""
+    """A real nbval run on a throw-away notebook under build/ (so that conftest.py applies)."""
     folder = ROOT / "build" / f"test-contract-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True)
     cells = [nbformat.v4.new_code_cell(f"print({now!r})", execution_count=n, metadata={
