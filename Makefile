@@ -27,7 +27,7 @@ help:
 	@echo "make refresh-notebooks  maintainer: re-execute notebooks/ in place on the real data file"
 	@echo "make readme             regenerate the generated blocks of README.md and docs/*.md"
 	@echo "make bench              measure speed and memory (writes reports/benchmark.json)"
-	@echo "make drift              maintainer: measure TF drift across emulated CPUs (reports/drift.json)"
+	@echo "make drift              maintainer: measure drift across emulated CPUs (numpy, OpenBLAS, oneDNN) -> reports/drift.json"
 	@echo "make lab                open JupyterLab in notebooks/"
 	@echo "make clean              remove build/"
 
@@ -71,9 +71,11 @@ bench: venv
 	$(BIN)/python scripts/benchmark.py
 	$(BIN)/python scripts/update_readme.py
 
-# Runs the series 4 times (native, oneDNN capped at AVX and SSE41, another seed) into build/drift/;
-# the measured drift sets the tolerances of the test session (tests/contract.py).
-# DRIFT_ARGS=--reuse keeps finished runs.
+# Runs the series once natively, once per emulated CPU (numpy at each dispatch level below this
+# CPU's own, OpenBLAS as Sandybridge, oneDNN at AVX and SSE41) and once with another seed, into
+# build/drift/ (about 10 min each); the largest drift sets the tolerances of tests/contract.py
+# (reports/drift.json, docs/reproducibility.md), and a choice that moves fails the target.
+# DRIFT_ARGS: --reuse keeps finished runs, --labels picks runs, --only 02,03 a partial measurement.
 drift: venv
 	$(BIN)/python scripts/measure_drift.py $(DRIFT_ARGS)
 	$(BIN)/python scripts/update_readme.py

@@ -1,41 +1,19 @@
 """Repo-wide pytest setup.
 
-* Notebook validation (nbval, enabled in pyproject.toml) needs the real Kaggle file at
-  data/spotify-2023.csv: the committed notebook outputs were made from it. Without it
-  (or with a different file there) every notebook item is skipped, with a reason that says
-  how to get the file. The plain tests in tests/ always run.
-* Environment for the notebook kernels that nbval starts (they inherit os.environ):
-  - TF_CPP_MIN_LOG_LEVEL=3 and TF_ENABLE_ONEDNN_OPTS=0: TensorFlow's C++ start-up messages
-    go to the kernel's stderr, which ipykernel captures as cell output (with timestamps,
-    process ids and the CPU's instruction sets), so nbval's comparison would always fail.
-    Level 3 silences the CPU-feature message; the oneDNN notice ignores the level and is
-    only silenced by turning oneDNN's graph rewrites off. (Matrix products still run on
-    oneDNN's sgemm, whose kernel depends on the CPU: see ONEDNN_MAX_CPU_ISA below.)
-  - PYTHONHASHSEED=0: fixes the iteration order of sets of strings (and anything derived
-    from it) in the kernel, so printed output is the same as in the committed notebooks,
-    which scripts/run_series.py --refresh executes with the same setting.
-  - ONEDNN_MAX_CPU_ISA=$TEST_CPU_ISA (default SSE41; x86 only): TensorFlow's matrix products
-    run on oneDNN's sgemm even with oneDNN's graph rewrites off, and it picks its kernel by
-    the CPU's instruction set. Capping it at an older set makes this machine sum in another
-    order, as another CPU would: TF's numbers change in the last bits and training amplifies
-    that (measured: scripts/measure_drift.py, reports/drift.json). So by default the notebooks
-    are validated as if on another CPU; TEST_CPU_ISA=native validates them as they are.
-    (XLA's --xla_cpu_max_isa changes nothing here: the Keras path trains without XLA.)
-* Comparison rules (tests/contract.py, "the reproducibility contract"):
-  - notebook cells tagged `tf-derived` (cell metadata tags) show numbers TensorFlow trained:
-    their outputs are compared with contract.compare_cell_outputs at the printed-number
-    tolerance (the loosest metric category, from reports/drift.json); every other cell keeps
-    nbval's exact comparison with the sanitizers of tests/nbval_sanitize.cfg.
-  - the reports (metrics JSON, README figures) the notebooks write, into a copy of reports/
-    (SERIES_REPORTS_DIR=build/nbval-reports), are compared with the committed ones by
-    contract.compare_metrics / compare_figure at the end of the session; byte identity on
-    request: `pytest --reports-exact` or REPORTS_EXACT=1.
-* pytest-xdist (pyproject.toml: `-n 2 --dist loadfile`): each file (a notebook, a test module)
-  runs on one worker, in order; files run side by side. The notebooks do not depend on running
-  in sequence: 02's cleaned data is rebuilt at the start if missing, and every report a
-  notebook reads is in the copy from the start (see pytest_sessionstart). (`--dist loadgroup`
-  would be the finer tool, but pytest-xdist 3.8 cannot group under pytest 9.2:
-  pytest-dev/pytest-xdist#1386.)
+* Notebook validation (nbval, pyproject.toml) needs the real Kaggle file at
+  data/spotify-2023.csv; without it (or with another file there) every notebook item is
+  skipped, with a reason that says how to get it. The plain tests in tests/ always run.
+* Environment of everything the session starts (workers and kernels inherit os.environ):
+  TF_CPP_MIN_LOG_LEVEL=3 and TF_ENABLE_ONEDNN_OPTS=0 keep TensorFlow's start-up messages out
+  of cell outputs; PYTHONHASHSEED=0 as scripts/run_series.py --refresh uses it.
+* Another CPU, emulated (emulate(); the pytest header says what): numpy one dispatch level
+  below this CPU's own and oneDNN at SSE41. OpenBLAS stays native (make drift covers it).
+  TEST_EMULATE=native turns it off; a mechanism's own variable, when set, is kept.
+* The rule (tests/contract.py) for every code cell's text output (nbval-ignore-output cells
+  stay ignored) and, at the end, for the reports the notebooks wrote into a copy of reports/.
+* pytest-xdist (`-n 2 --dist loadfile`): each file on one worker, the longest first; the
+  notebooks do not depend on running in sequence (02's cleaned data is rebuilt if missing).
+  (`--dist loadgroup` fails under pytest 9.2: pytest-dev/pytest-xdist#1386.)
 """
 
 from __future__ import annotations
@@ -44,6 +22,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -57,69 +36,62 @@ RAW_DATA = ROOT / "data" / "spotify-2023.csv"
 FALLBACK_REAL_SHA256 = "26fd1292465877c24a9f5bfc6bf933c0715356a9c7d3197f2c4bc8b1a668a215"
 
 GET_DATA_HELP = (
-    "download it with the Kaggle CLI: "
-    "`kaggle datasets download -d nelgiriyewithana/top-spotify-songs-2023 -p data --unzip` "
-    "(or with kagglehub: `kagglehub.dataset_download('nelgiriyewithana/top-spotify-songs-2023')` "
-    "and copy spotify-2023.csv into data/)"
-)
+    "download it with the Kaggle CLI: `kaggle datasets download -d nelgiriyewithana/top-spotify-"
+    "songs-2023 -p data --unzip` (or with kagglehub: `kagglehub.dataset_download('nelgiriyewith"
+    "ana/top-spotify-songs-2023')` and copy spotify-2023.csv into data/)")
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
-# Emulated CPU for TensorFlow (see the module docstring). Done at import, before any notebook
-# kernel starts (kernels inherit os.environ) and before TensorFlow's first matrix product.
-X86_MACHINES = {"x86_64", "amd64", "i386", "i686", "x86"}
-DEFAULT_TEST_CPU_ISA = "SSE41"
-KNOWN_ONEDNN_ISAS = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI",
-                     "AVX512_CORE_BF16", "AVX512_CORE_AMX", "ALL"}
-
-
-def emulate_cpu(environ=os.environ, machine: str | None = None) -> str:
-    """Set ONEDNN_MAX_CPU_ISA=$TEST_CPU_ISA (default SSE41) for everything this session starts;
-    return one line that says what was done."""
-    isa = (environ.get("TEST_CPU_ISA", DEFAULT_TEST_CPU_ISA).strip()
-           or DEFAULT_TEST_CPU_ISA).upper()
-    machine = (machine or platform.machine()).lower()
-    if isa == "NATIVE":
-        return ("CPU for TensorFlow: native (TEST_CPU_ISA=native; ONEDNN_MAX_CPU_ISA="
-                f"{environ.get('ONEDNN_MAX_CPU_ISA', 'unset')})")
-    if machine not in X86_MACHINES:
-        return f"CPU for TensorFlow: native ({machine} is not x86; TEST_CPU_ISA={isa} ignored)"
-    if isa not in KNOWN_ONEDNN_ISAS:
-        raise pytest.UsageError(f"TEST_CPU_ISA={isa} is not one of oneDNN's instruction sets "
-                                f"({', '.join(sorted(KNOWN_ONEDNN_ISAS))}) nor 'native'.")
-    environ["ONEDNN_MAX_CPU_ISA"] = isa
-    return (f"CPU for TensorFlow: emulating {isa} (ONEDNN_MAX_CPU_ISA={isa}), so TF numbers "
-            "differ from this machine's native ones as on another CPU and are checked within "
-            "the contract's tolerances; turn off with TEST_CPU_ISA=native")
-
-
-CPU_HEADER = emulate_cpu()
-
 sys.path.insert(0, str(ROOT / "tests"))
 import contract  # noqa: E402  (tests/contract.py: needs tests/ on sys.path)
+
+ONEDNN_DEFAULT = "SSE41"
+
+
+def emulate(environ=os.environ, machine: str | None = None, simd: dict | None = None) -> str:
+    """Set the emulation variables for everything this session starts (by default numpy one
+    level below this CPU's own, oneDNN at SSE41); return the header line that says what."""
+    machine = (machine or platform.machine()).lower()
+    native = environ.get("TEST_EMULATE", "").strip().lower() == "native"
+    x86 = machine in contract.X86
+    parts = []
+    for name, variable in (("numpy", "NPY_DISABLE_CPU_FEATURES"),
+                           ("oneDNN", "ONEDNN_MAX_CPU_ISA"), ("OpenBLAS", "OPENBLAS_CORETYPE")):
+        if variable in environ:
+            parts.append(f"{name} as set ({variable}={environ[variable]})")
+        elif native or not x86:
+            parts.append(f"{name} native" + ("" if x86 else f" ({machine} is not x86)"))
+        elif name == "numpy":
+            levels = contract.numpy_levels(simd or contract.simd_extensions())
+            if levels:
+                environ[variable] = levels[0][1]
+                parts.append(f"numpy {levels[0][0]} ({variable}={levels[0][1]})")
+            else:
+                parts.append("numpy native (this CPU is at numpy's baseline)")
+        elif name == "oneDNN":
+            environ[variable] = ONEDNN_DEFAULT
+            parts.append(f"oneDNN {ONEDNN_DEFAULT} ({variable}={ONEDNN_DEFAULT})")
+        else:
+            parts.append("OpenBLAS native (make drift covers OPENBLAS_CORETYPE)")
+    if any(" native" not in part for part in parts):
+        return f"emulating another CPU: {', '.join(parts)}; TEST_EMULATE=native to test as this CPU"
+    return f"testing as this CPU: {', '.join(parts)}"
+
+
+# At import: before any worker or notebook kernel starts (they inherit os.environ).
+CPU_HEADER = emulate()
 
 
 def pytest_addoption(parser):
     parser.addoption("--reports-exact", action="store_true", default=False,
-                     help="require reports/ (metrics JSON, figures) to come out byte-identical "
-                          "after the notebooks ran, instead of within the contract's "
-                          "tolerances (also: REPORTS_EXACT=1)")
-
-
-_CONTRACT = []
-
-
-def the_contract() -> contract.Contract:
-    """tests/contract.py's tolerances, read once per session."""
-    if not _CONTRACT:
-        _CONTRACT.append(contract.load_contract())
-    return _CONTRACT[0]
+                     help="require reports/ to come out byte-identical instead of under the "
+                          "contract's rule (also: REPORTS_EXACT=1)")
 
 
 def pytest_report_header(config):
-    return [CPU_HEADER, f"reproducibility contract: tolerances {the_contract().source}"]
+    return [CPU_HEADER, f"reproducibility contract: {contract.load_contract().source}"]
 
 
 def real_sha256() -> str:
@@ -131,22 +103,14 @@ def real_sha256() -> str:
     return REAL_SHA256
 
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def notebook_skip_reason() -> str | None:
     """Why the notebooks cannot be validated here, or None when the real file is present."""
     if not RAW_DATA.is_file():
         return f"real data file {RAW_DATA.relative_to(ROOT)} is absent; {GET_DATA_HELP}"
-    actual = sha256_of(RAW_DATA)
-    expected = real_sha256()
+    actual, expected = hashlib.sha256(RAW_DATA.read_bytes()).hexdigest(), real_sha256()
     if actual != expected:
-        return (
-            f"{RAW_DATA.relative_to(ROOT)} is not the original Kaggle file "
-            f"(sha256 {actual}, expected {expected}); replace it with the original: {GET_DATA_HELP}"
-        )
+        return (f"{RAW_DATA.relative_to(ROOT)} is not the original Kaggle file (sha256 "
+                f"{actual}, expected {expected}); replace it with the original: {GET_DATA_HELP}")
     return None
 
 
@@ -154,10 +118,8 @@ def _is_committed_notebook(item) -> bool:
     return item.path.suffix == ".ipynb" and (ROOT / "notebooks") in item.path.parents
 
 
-# The longest files first, so that the two xdist workers start on them and finish together
-# (pyproject.toml keeps this order: --no-loadscope-reorder). Measured on the 2-core machine:
-# 05 ~5 min (its grid in the kernel, fit after fit), the smoke run ~2 min, 04 and 06 ~2 min,
-# test_mlp ~1½ min, test_contract ~1 min, 03 ~20 s; everything else is seconds.
+# The longest files first, so that both xdist workers finish together (--no-loadscope-reorder
+# keeps the order). Measured: 05 ~5 min, the smoke run, 04, 06 ~2 min, the others less.
 LONGEST_FIRST = ["tests/test_series_smoke.py", "notebooks/05_grid.ipynb",
                  "notebooks/06_results.ipynb", "notebooks/04_mlp.ipynb", "tests/test_mlp.py",
                  "tests/test_contract.py", "notebooks/03_baseline.ipynb"]
@@ -170,42 +132,34 @@ def run_order(item) -> int:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip every nbval item of notebooks/*.ipynb when the real data file is missing; give
-    cells tagged tf-derived the contract's tolerant comparison; longest files first."""
+    """Longest files first; the rule for every nbval cell; skip every nbval item of
+    notebooks/*.ipynb when the real data file is missing."""
     items.sort(key=run_order)  # stable: a file's items keep their order
+    the_contract = contract.load_contract() if any(hasattr(i, "compare_outputs")
+                                                   for i in items) else None
     for item in items:
-        if hasattr(item, "compare_outputs") and contract.is_tf_cell(getattr(item, "cell", {})):
-            install_tolerant_comparison(item)
-    notebook_items = [item for item in items if _is_committed_notebook(item)]
-    if not notebook_items:
-        return
+        if hasattr(item, "compare_outputs"):
+            install_rule(item, the_contract)
     reason = notebook_skip_reason()
-    if reason is None:
-        return
-    marker = pytest.mark.skip(reason=reason)
-    for item in notebook_items:
-        item.add_marker(marker)
+    for item in items:
+        if reason and _is_committed_notebook(item):
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def install_tolerant_comparison(item) -> None:
+def install_rule(item, the_contract: contract.Contract) -> None:
     """Wrap nbval's IPyNbCell.compare_outputs for one cell (nbval's runtest calls
-    self.compare_outputs(fresh, committed) and prints self.comparison_traceback on False).
-
-    1. contract.compare_cell_outputs on the sanitized texts: text equal up to its numbers,
-       numbers within the printed-number tolerance (+ one unit of the last printed digit);
-    2. if that passes, nbval's own exact comparison on copies whose numbers are masked:
-       everything else (output kinds and counts, other MIME types) stays nbval's business."""
+    self.compare_outputs(fresh, committed) and prints self.comparison_traceback on False):
+    first the rule on the sanitized texts (floats within T, counts and text exact), then
+    nbval's own comparison on copies whose floats are masked (output kinds, other MIME types)."""
     original = item.compare_outputs
-    tolerance = the_contract().for_cell(item.cell)
-    where = f"{item.path.name} Cell {item.cell_num} (tagged {contract.TF_TAG})"
+    where = f"{item.path.name} Cell {item.cell_num}"
 
     def compare_outputs(test, ref, skip_compare=None):
-        messages = contract.compare_cell_outputs(ref, test, tolerance, item.sanitize, where)
+        messages = contract.compare_cell_outputs(ref, test, the_contract, item.sanitize, where)
         if messages:
             item.comparison_traceback = [
-                f"{where}: outputs differ beyond the printed-number tolerance "
-                f"{tolerance.describe()} + one unit of the last printed digit "
-                f"(committed vs fresh):", *messages]
+                f"{where}: outputs break the reproducibility rule (committed vs fresh; floats "
+                f"within T = {the_contract.tolerance:g}, {the_contract.source}):", *messages]
             return False
         return original(contract.mask_outputs(test, item.sanitize),
                         contract.mask_outputs(ref, item.sanitize), skip_compare)
@@ -213,19 +167,15 @@ def install_tolerant_comparison(item) -> None:
     item.compare_outputs = compare_outputs
 
 
-# Reproducibility check. With the real file, nbval re-executes the committed notebooks with
-# their default parameters, which write the committed results (metrics JSON, README figures).
-# In the test session they write a copy instead: SERIES_REPORTS_DIR (read by
-# helpers.resolve_run) points them at build/nbval-reports/, filled with the committed files at
-# the start (a notebook validated alone reads its inputs there), so reports/ itself is never
-# written and `git status` stays clean. At the end the copy must reproduce the committed files
-# under the contract (tests/contract.py): exact for everything scikit-learn computes and for
-# every non-metric value, TF-derived metrics and figures within the measured tolerances. With
-# --reports-exact (or REPORTS_EXACT=1): byte identity. Any difference fails the run.
+# Reports check. The notebooks nbval re-executes write their metrics and figures into a copy
+# of reports/ (SERIES_REPORTS_DIR, read by helpers.resolve_run; filled with the committed files
+# at the start, so a notebook validated alone finds its inputs), never into reports/ itself.
+# At the end the copy must reproduce the committed files under the rule (--reports-exact or
+# REPORTS_EXACT=1: byte identity). Any difference fails the run.
 REPORTS = ROOT / "reports"
 FRESH_REPORTS = ROOT / "build" / "nbval-reports"
 CHECKED_FOLDERS = ["metrics", "figures"]  # not benchmark.json, drift.json: measurements
-# A test that starts a pytest session of its own (test_nbval_hook_...) must not refill the
+# A test that starts a pytest session of its own (test_contract.py) must not refill the
 # copy of the session around it: the outer session marks the environment, the inner one then
 # works in a private copy.
 SESSION_MARK = "SERIES_TEST_SESSION"
@@ -240,8 +190,6 @@ def _report_files(folder: Path = REPORTS) -> dict:
 
 def copy_committed_reports(source: Path = REPORTS, target: Path = FRESH_REPORTS) -> dict:
     """Replace `target` with a copy of the checked folders of `source`; return their files."""
-    import shutil
-
     shutil.rmtree(target, ignore_errors=True)
     for sub in CHECKED_FOLDERS:
         if (source / sub).is_dir():
@@ -249,49 +197,41 @@ def copy_committed_reports(source: Path = REPORTS, target: Path = FRESH_REPORTS)
     return _report_files(source)
 
 
-def reports_exact(config) -> bool:
-    return bool(config.getoption("--reports-exact", default=False)) or \
-        os.environ.get("REPORTS_EXACT", "") not in ("", "0")
-
-
-def report_differences(before: dict, after: dict, exact: bool = False) -> list[str]:
-    """Messages for every committed report file that did not reproduce."""
-    messages = []
-    loaded = None
+def report_differences(before: dict, after: dict, exact: bool = False, limit: int = 40) -> list:
+    """Messages for every committed report file that did not reproduce (at most `limit` per
+    file)."""
+    messages, the_contract = [], None if exact else contract.load_contract()
     for key in sorted(before.keys() | after.keys()):
         old, new = before.get(key), after.get(key)
         if old == new:
             continue
         if old is None or new is None:
-            messages.append(f"{key}: {'created' if old is None else 'deleted'} by the run")
+            found = [f"{key}: {'created' if old is None else 'deleted'} by the run"]
         elif exact:
-            messages.append(f"{key}: bytes differ (--reports-exact)")
+            found = [f"{key}: bytes differ (--reports-exact)"]
         elif key.endswith(".json"):
-            loaded = loaded or the_contract()
             try:
-                messages += contract.compare_metrics(Path(key).name, json.loads(old),
-                                                     json.loads(new), loaded)
+                found = contract.compare_metrics(Path(key).name, json.loads(old),
+                                                 json.loads(new), the_contract)
             except ValueError as exc:
-                messages.append(f"{key}: not valid JSON after the run ({exc})")
+                found = [f"{key}: not valid JSON after the run ({exc})"]
         else:
-            loaded = loaded or the_contract()
-            message = contract.compare_figure(old, new, Path(key).name, loaded,
-                                              diff_dir=ROOT / "build" / "contract-diffs")
-            if message:
-                messages.append(message)
+            found = [contract.compare_figure(old, new, Path(key).name, the_contract,
+                                             diff_dir=ROOT / "build" / "contract-diffs")]
+        found = [m for m in found if m]
+        messages += found[:limit] + ([f"{key}: ... and {len(found) - limit} more"]
+                                     if len(found) > limit else [])
     return messages
 
 
 def is_xdist_worker(config) -> bool:
-    """True in a pytest-xdist worker: the reports check runs once, in the main process, which
-    starts before the workers and ends after them."""
+    """True in a pytest-xdist worker (the reports check runs once, in the main process)."""
     return hasattr(config, "workerinput")
 
 
 def rebuild_cleaned_data() -> str | None:
-    """Notebooks 03-06 read the cleaned data that 02 writes (build/real/, not committed). When
-    they are validated without 02 (`pytest notebooks/04_mlp.ipynb` on a fresh clone), build it
-    first, as 02 would, so that their outputs match; returns a line saying so, or None."""
+    """Build the cleaned data that 02 writes and 03-06 read (build/real/) if it is missing, as
+    02 would (`pytest notebooks/04_mlp.ipynb` on a fresh clone); a line saying so, or None."""
     if notebook_skip_reason() is not None:
         return None
     import helpers
@@ -312,11 +252,10 @@ def pytest_sessionstart(session):
     os.environ[SESSION_MARK] = "1"
     os.environ["SERIES_REPORTS_DIR"] = str(fresh)  # inherited by the workers and the kernels
     session.config._fresh_reports, session.config._nested = fresh, nested
-    session.config._started = time.time()
-    session.config._notebooks_run = set()
+    session.config._started, session.config._notebooks_run = time.time(), set()
     session.config._reports_before = copy_committed_reports(target=fresh)
-    note = rebuild_cleaned_data()
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    note, reporter = rebuild_cleaned_data(), session.config.pluginmanager.get_plugin(
+        "terminalreporter")
     if note and reporter is not None:
         reporter.write_line(note)
 
@@ -331,14 +270,11 @@ def pytest_configure(config):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
-    """A committed notebook's kernel (started by nbval in the setup of its first cell) runs
-    the notebook's joblib-parallel fits (N_JOBS) one after another: the two xdist workers
-    already keep both cores busy, and a kernel's own worker processes would only add their
-    TensorFlow imports and contention (measured: the suite ran no slower sequentially). joblib's
-    documented switch JOBLIB_MULTIPROCESSING=0 reaches only that kernel: it is set while the
-    kernel starts and removed again, so the tests of parallel search keep their processes.
-    Outputs do not depend on it: one process and two give the same search table and the same
-    fits (tests/test_mlp.py)."""
+    """A committed notebook's kernel (started by nbval in the setup of its first cell) runs its
+    joblib-parallel fits (N_JOBS) one after another: the two xdist workers already keep both
+    cores busy (measured: no slower). JOBLIB_MULTIPROCESSING=0 (joblib's documented switch) is
+    set only while that kernel starts, so the tests of parallel search keep their processes.
+    One process and two give the same results (tests/test_mlp.py)."""
     if not _is_committed_notebook(item):
         return (yield)
     os.environ["JOBLIB_MULTIPROCESSING"] = "0"
@@ -376,28 +312,22 @@ def pytest_sessionfinish(session, exitstatus):
     after = _report_files(fresh)
     problems = unwritten_reports(fresh, session.config._notebooks_run, session.config._started)
     if session.config._nested:
-        import shutil
-
         shutil.rmtree(fresh, ignore_errors=True)
     if after == before and not problems:
         return
-    exact = reports_exact(session.config)
+    exact = session.config.getoption("--reports-exact", default=False) or \
+        os.environ.get("REPORTS_EXACT", "") not in ("", "0")
     messages = problems + report_differences(before, after, exact)
     changed = [key for key in before.keys() | after.keys() if before.get(key) != after.get(key)]
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    note = (f"reports/: {len(changed)} file(s) came out different"
-            f"{' within the contract' if not messages else ''} (this run's versions: "
-            f"{fresh}; reports/ itself is never written by the tests)")
-    if reporter is not None:
-        reporter.write_line(note)
+    write = reporter.write_line if reporter is not None else print
+    write(f"reports/: {len(changed)} file(s) came out different"
+          f"{' within the contract' if not messages else ''} (this run's versions: {fresh}; "
+          "reports/ itself is never written by the tests)")
     if not messages:
         return
-    source = "byte identity" if exact else f"tolerances {the_contract().source}"
-    text = ("\nnot reproducible: re-executing the notebooks changed the committed reports "
-            f"({source}):\n  " + "\n  ".join(m.replace("\n", "\n    ") for m in messages)
-            + "\n(if the change is intended, run `make refresh-notebooks` and commit)")
-    if reporter is not None:
-        reporter.write_line(text)
-    else:
-        print(text)
+    source = "byte identity" if exact else contract.load_contract().source
+    write("\nnot reproducible: re-executing the notebooks changed the committed reports "
+          f"({source}):\n  " + "\n  ".join(m.replace("\n", "\n    ") for m in messages)
+          + "\n(if the change is intended, run `make refresh-notebooks` and commit)")
     session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,617 +1,260 @@
-"""The reproducibility contract of the committed results, in one place.
+"""The reproducibility contract: one rule for everything the notebooks write or print.
 
-What must come out the same when the notebooks are re-executed on another machine:
+numpy (NPY_DISABLE_CPU_FEATURES), OpenBLAS (OPENBLAS_CORETYPE) and oneDNN under TensorFlow
+(ONEDNN_MAX_CPU_ISA) choose their kernels by the CPU, so a float's last bits depend on the
+machine, and seeded fits amplify them. So (docs/reproducibility.md has the whole story):
 
-* **Exact everywhere**: everything scikit-learn computes with a fixed seed (identical on any
-  CPU), and everything that is not a metric: configuration values (learning_rate, neurons,
-  epochs, ...), strings, counts, the structure of the metrics files (key sets and key order,
-  row counts, which rows exist). Metrics files of notebooks 01-03 are exact as a whole.
-* **TF-derived, compared within a tolerance**: anything TensorFlow trains. Its matrix
-  products run on oneDNN kernels chosen for the host's instruction set (helpers.py caps them
-  at AVX2; SSE4.1, AVX or ARM elsewhere), which changes the last bits of every float;
-  training amplifies that, most in single fits, least in means over folds.
-  In metrics files other than 01-03, a table row (a dict) with a ``model`` key is TF-derived
-  unless the model is a scikit-learn model (EXACT_MODELS / EXACT_MODEL_PREFIXES); rows
-  without ``model`` (and the file's top level) are TF-derived in the files of TF_NOTEBOOKS.
-  In a TF-derived row only *metric* keys get a tolerance, by category from the key name
-  (see metric_category): r2, std, mse, mae, median_factor (relative), loss, epochs. Keys named
-  ``rank*`` are not compared by value: a rank follows from the scores, which are compared
-  (two configurations closer than the tolerance may swap ranks on another CPU); for the same
-  reason the order of TF-derived rows in a table is free, while the order of exact rows is not.
-* **Figures**: figures of scikit-learn-only notebooks must be pixel-identical; figures that
-  show TF results may differ by the measured image tolerance (RMS over pixels, 0-255 scale).
-  FIGURE_KINDS maps figure name -> "exact" / "tf"; figures not listed there are exact.
-* **Notebook cells** tagged ``tf-derived`` (cell metadata tags): the text of their outputs
-  must match exactly except for the numbers in it, which may differ by the printed-number
-  tolerance (the loosest metric category) plus one unit of the last printed digit.
+* exact: structure (keys and their order, rows, row counts, output kinds), every str, int,
+  bool and None; in printed text every number without a decimal point (a count: 397, 30%,
+  1,234, 2023-07-14); and the configuration tables of CHOICES, floats included;
+* every float within one tolerance T: |fresh - committed| <= T * max(1, |committed|), plus
+  one unit of the last printed digit for a printed float; figures within one RMS tolerance;
+* UNSTABLE tables: numbers not compared raw; a stable summary of them is, under the rule.
 
-Tolerances are not guessed: scripts/measure_drift.py runs the series natively and with
-emulated older CPUs (ONEDNN_MAX_CPU_ISA=AVX / SSE41) and records the largest
-deviation per category in reports/drift.json; tolerance = max(floor, SAFETY x that deviation),
-rounded up to a 1-2-5 step. Without reports/drift.json, DEFAULT_CPU_DRIFT stands in (and
-Contract.source says so).
+T and the image tolerance come from reports/drift.json (scripts/measure_drift.py).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import re
 import shutil
+import statistics
 import tempfile
+from collections import namedtuple
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIFT_FILE = ROOT / "reports" / "drift.json"
 
-# ------------------------------------------------------------------------------------------
-# Which numbers are exact
-# ------------------------------------------------------------------------------------------
-
-EXACT_NOTEBOOKS = ("01", "02", "03")  # metrics files of these notebooks: exact as a whole
-TF_NOTEBOOKS = ("04", "05", "06")  # here rows without a `model` key are TF-derived
-# scikit-learn models (identical on any CPU); compared case-insensitively. Extend here.
-EXACT_MODELS = frozenset({"mean", "linear", "ridge", "hgb"})
-EXACT_MODEL_PREFIXES = ("hgb", "rf", "random forest")
-# Never metrics, even inside a table whose name says what it scores (cv_r2_by_epochs):
-CONFIG_KEYS = frozenset({"learning_rate", "dropout", "neurons", "batch_size", "epochs",
-                         "seed", "n_folds", "n_test", "n_train", "quick", "fold", "repeat"})
-# Metric keys whose name does not say their category (the effect of a knob on mean CV R²).
-METRIC_ALIASES = {"effect": "grid", "epochs_trained": "epochs"}
-# Tables whose metric values all belong to one category, whatever their keys say: 05's knob
-# effects are differences of grid configurations' fold scores (chaotic at learning rate 0.01).
-TABLE_CATEGORIES = {"knob_effects": "grid", "knob_effects_by_learning_rate": "grid"}
-FORCED = "!"  # marks an inherited category that comes from TABLE_CATEGORIES
-TF_TAG = "tf-derived"  # notebook cell tag: outputs compared with the printed-number tolerance
-TOLERANCE_TAG = "tolerance:"  # + categories: a tf-derived cell that prints only those
-
-# Metric categories: name -> (relative?, what it covers). Order = README table order.
-CATEGORIES = {
-    "r2": (False, "R² scores: r2, r2_mean, mean_r2, split<k>_r2, r2_drop, r2_difference "
-                  "(05's grid: see grid, split)"),
-    "std": (False, "spreads over folds: *_std, std_*"),
-    "mse": (False, "mean squared error of log10(streams)"),
-    "mae": (False, "mean absolute error of log10(streams)"),
-    "median_factor": (True, "typical error factor 10^median(abs log10 error), relative"),
-    "loss": (False, "training / validation losses of one fit, per epoch"),
-    "epochs": (False, "epochs one fit trained before EarlyStopping stopped it"),
-    "factor_std": (False, "spread over folds of the median factor (median_factor_std)"),
-    "grid": (False, "05's grid: each configuration's mean R² over 5 folds (mean_test_score) "
-                    "and the knob effects derived from them (knob_effects*); learning rate 0.01 "
-                    "makes these far noisier than the 15-fold means"),
-    "split": (False, "05's grid: each configuration's R² on one fold (split*_test_score) and "
-                     "their spread (std_test_score); single fits, chaotic at learning rate 0.01"),
-}
-# The printed-number tolerance of a tf-derived cell without a `tolerance:` tag: the loosest of
-# these. Cells that print losses or epoch counts (single fits, far noisier) must be tagged.
-PRINTED_DEFAULT = ("r2", "std", "mse", "mae", "median_factor")
-RANK = "rank"  # pseudo-category: not compared by value in TF-derived rows
-
-# ------------------------------------------------------------------------------------------
-# How large the tolerances are
-# ------------------------------------------------------------------------------------------
-
-# Two emulated targets are a small sample of the CPUs out there (ARM, AVX-512, other core
-# counts): allow SAFETY times the largest drift seen; rounding up to the 1-2-5 series adds up
-# to x2.5 more, so a tolerance is 2.5-6x the largest drift measured. For scale, a real other
-# machine moved test R² -0.0636 -> -0.0645 and a median factor 2.066 -> 2.083 (+0.8 %);
-# emulated SSE4_2 moved the same values by up to 0.001 and 0.7 % (first measurement).
+# T = the 1-2-5 step at or above SAFETY x the largest drift measured (a few emulated CPUs are
+# a small sample of all CPUs), never below the floor (metrics are stored with 6 decimals).
 SAFETY = 2.5
-# Floors keep a tolerance sane when a category happened to drift very little in the
-# measurement: values are stored with 6 decimals, so less than ~1e-5 would be noise-level.
-FLOORS = {"r2": 1e-3, "std": 1e-3, "mse": 5e-4, "mae": 5e-4, "median_factor": 2e-3,
-          "loss": 1e-3, "epochs": 1, "factor_std": 2e-3, "grid": 1e-3,
-          "split": 1e-3}
-IMAGE_FLOOR = 0.5  # RMS on the 0-255 scale
-# Used when reports/drift.json is missing: largest CPU drift per category from the first
-# measurement (native vs AVX / SSE4_2), leaving out the chaotic learning_rate=0.01 rows of
-# 05_grid's table; loss had no values then and borrows r2's figure.
-DEFAULT_CPU_DRIFT = {"r2": 0.0017, "std": 0.0041, "mse": 0.00022, "mae": 0.00067,
-                     "median_factor": 0.007, "loss": 0.0017, "epochs": 1,
-                     "factor_std": 0.0085, "grid": 0.0235, "split": 0.103}
-DEFAULT_IMAGE_DRIFT = 0.1
+FLOOR, IMAGE_FLOOR = 1e-3, 0.5
 
-NUMBER_PLACEHOLDER = "<N>"
+# Configuration tables (file, top-level key): compared exactly, floats included.
+CHOICES = {("04_mlp.json", "config"), ("05_grid.json", "tuned"), ("05_grid.json", "tuned_trees"),
+           ("06_results.json", "tuned")}
+
+
+def grid_summary(rows) -> dict:
+    """05's grid: per value of each knob, how many configurations have it and the mean of
+    their mean_test_score (marginal means). One configuration's scores move between CPUs as
+    much as another seed moves them (learning rate 0.01); means over many move far less."""
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return {}
+    score = re.compile(r"(mean|std|rank|split\d+)_test_score")
+    out = {}
+    for knob in [k for k in (rows[0] if rows else {}) if not score.fullmatch(k)]:
+        for value in dict.fromkeys(r.get(knob) for r in rows):
+            scores = [r.get("mean_test_score") for r in rows if r.get(knob) == value]
+            mean = statistics.fmean(scores) if all(_is_number(s) for s in scores) else None
+            out[f"{knob}={value}"] = {"configurations": len(scores), "mean_test_score": mean}
+    return out
+
+
+# (file, top-level key) -> summary function. For such a table the numbers are not compared
+# raw (rank_test_score included: it follows from the chaotic scores); its structure and
+# strings are, and summary(committed table) is compared with summary(fresh table) under the
+# rule. To add one: a function of the table that returns a stable JSON-like summary.
+UNSTABLE = {("05_grid.json", "grid"): grid_summary}
 
 
 def round_up_125(x: float) -> float:
-    """The smallest value of the 1-2-5 series (…, 0.1, 0.2, 0.5, 1, 2, 5, …) that is >= x."""
-    if not x > 0:
-        return 0.0
-    exponent = math.floor(math.log10(x))
-    for mantissa in (1, 2, 5, 10):
-        step = float(f"{mantissa}e{exponent}")
-        if step >= x * (1 - 1e-9):
-            return step
-    return float(f"1e{exponent + 1}")
+    """The smallest value of the 1-2-5 series (..., 0.1, 0.2, 0.5, 1, 2, 5, ...) >= x."""
+    exponent = math.floor(math.log10(x)) if x > 0 else 0
+    return next((step for e in (exponent, exponent + 1) for m in (1, 2, 5)
+                 if (step := float(f"{m}e{e}")) >= x * (1 - 1e-9)), 0.0) if x > 0 else 0.0
 
 
-def derive_tolerance(category: str, cpu_drift: float) -> float:
-    """tolerance = max(floor, SAFETY x largest drift across emulated CPUs), 1-2-5 rounded up."""
-    floor = IMAGE_FLOOR if category == "image" else FLOORS[category]
-    return round_up_125(max(floor, SAFETY * cpu_drift))
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """|fresh - committed| may be at most max(abs, rel x |committed|)."""
-
-    abs: float = 0.0
-    rel: float = 0.0
-    label: str = ""
-
-    def allowed(self, committed: float) -> float:
-        return max(self.abs, self.rel * abs(committed))
-
-    def describe(self) -> str:
-        if self.abs and self.rel:
-            text = f"max({self.abs:g}, {self.rel:.2%} of |committed|)"
-        elif self.rel:
-            text = f"{self.rel:.2%} relative"
-        else:
-            text = f"{self.abs:g}"
-        return f"{text} ({self.label})" if self.label else text
+def derive_tolerance(largest_drift: float, floor: float = FLOOR) -> float:
+    return round_up_125(max(floor, SAFETY * largest_drift))
 
 
 @dataclass(frozen=True)
 class Contract:
-    """Tolerances per metric category and for TF figures, and where they came from."""
-
-    tolerances: dict
-    image_tolerance: float
+    tolerance: float  # T, for every float
+    image_tolerance: float  # RMS, for every figure
     source: str
-    measured: bool = True
 
-    @property
-    def printed(self) -> Tolerance:
-        """The printed-number tolerance for tf-derived notebook cells: the loosest category
-        (a printed number may be any metric, and the text does not say which)."""
-        chosen = [self.tolerances[n] for n in PRINTED_DEFAULT]
-        return Tolerance(max(t.abs for t in chosen), max(t.rel for t in chosen),
-                         "printed numbers: loosest metric category")
-
-    def for_cell(self, cell) -> Tolerance:
-        """The tolerance of a tf-derived cell: a cell tagged `tolerance:loss` (or
-        `tolerance:r2,std`, ...) prints only those categories and gets their loosest one;
-        any other tf-derived cell gets `printed`."""
-        tags = ((cell.get("metadata") or {}).get("tags") or []) if cell else []
-        names = [n for t in tags if t.startswith(TOLERANCE_TAG)
-                 for n in t[len(TOLERANCE_TAG):].split(",")]
-        unknown = sorted(set(names) - set(self.tolerances))
-        if unknown:
-            raise ValueError(f"cell tag {TOLERANCE_TAG}{','.join(names)}: unknown categories "
-                             f"{unknown}; known: {', '.join(self.tolerances)}")
-        if not names:
-            return self.printed
-        chosen = [self.tolerances[n] for n in names]
-        return Tolerance(max(t.abs for t in chosen), max(t.rel for t in chosen),
-                         f"printed numbers: {', '.join(names)}")
+    def allowed(self, committed: float, unit: float = 0.0) -> float:
+        return self.tolerance * max(1.0, abs(committed)) + unit
 
 
 def load_contract(path: Path | str = DRIFT_FILE) -> Contract:
-    """The contract's tolerances, derived from the measured drift in reports/drift.json, or
-    from DEFAULT_CPU_DRIFT (documented defaults) when that file is missing."""
-    path = Path(path)
-    if path.is_file():
-        drift = json.loads(path.read_text(encoding="utf-8"))
-        cpu = {name: float(entry["cpu_max"]) for name, entry in drift["categories"].items()}
-        image = float(drift.get("image", {}).get("cpu_max", DEFAULT_IMAGE_DRIFT))
-        source, measured = f"measured ({path.name})", True
-    else:
-        cpu, image = dict(DEFAULT_CPU_DRIFT), DEFAULT_IMAGE_DRIFT
-        source, measured = f"defaults ({path.name} missing: run scripts/measure_drift.py)", False
-    tolerances = {}
-    for name, (relative, _) in CATEGORIES.items():
-        value = derive_tolerance(name, cpu.get(name, DEFAULT_CPU_DRIFT[name]))
-        tolerances[name] = Tolerance(0.0, value, name) if relative else Tolerance(value, 0.0,
-                                                                                  name)
-    return Contract(tolerances, derive_tolerance("image", image), source, measured)
+    drift = json.loads(Path(path).read_text(encoding="utf-8"))
+    return Contract(float(drift["tolerance"]), float(drift["image_tolerance"]),
+                    f"{Path(path).name}: {drift['source']}")
 
 
-# ------------------------------------------------------------------------------------------
-# Metrics files
-# ------------------------------------------------------------------------------------------
-
-
-def _notebook_number(name: str) -> str:
-    return Path(str(name)).name[:2]
-
-
-def is_exact_model(model) -> bool:
-    """A scikit-learn model name (EXACT_MODELS or a name starting with EXACT_MODEL_PREFIXES)."""
-    text = str(model).strip().casefold()
-    return text in EXACT_MODELS or text.startswith(EXACT_MODEL_PREFIXES)
-
-
-def _normalize(key: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", str(key).casefold().replace("²", "2")).strip("_")
-
-
-def metric_category(key: str) -> str | None:
-    """The metric category of a key name, RANK for rank*, None for non-metrics (exact).
-
-    r2-type: r2, r2_mean, mean_r2, split0_r2, mean_test_score, split3_test_score, r2_drop;
-    std-type: *_std, std_* (checked first: r2_std is a spread); median_factor (relative);
-    mse, mae, loss; METRIC_ALIASES for names that say nothing (effect)."""
-    norm = _normalize(key)
-    tokens = norm.split("_")
-    if norm in CONFIG_KEYS:
-        return None
-    if tokens[0] == "rank" or norm.startswith("rank"):
-        return RANK
-    if re.fullmatch(r"(split\d+|std)_test_score", norm):
-        return "split"
-    if norm == "mean_test_score":
-        return "grid"
-    if "std" in tokens and "median_factor" in norm:
-        return "factor_std"
-    if "std" in tokens:
-        return "std"
-    if "median_factor" in norm:
-        return "median_factor"
-    if "r2" in tokens or "score" in tokens:
-        return "r2"
-    if "mse" in tokens or "rmse" in tokens:
-        return "mse"
-    if "mae" in tokens:
-        return "mae"
-    if any("loss" in t for t in tokens):
-        return "loss"
-    return METRIC_ALIASES.get(norm)
-
-
-@dataclass
-class Leaf:
-    """One compared value of a metrics file."""
-
-    path: str
-    committed: object
-    fresh: object
-    tf: bool  # in a TF-derived row
-    category: str | None  # metric category if it gets a tolerance; RANK; None = exact
-
-
-@dataclass
-class Structure:
-    """A structural difference (missing/extra keys or rows, row counts, order, types)."""
-
-    path: str
-    message: str
+# --- Metrics files ------------------------------------------------------------------------
 
 
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _fmt(value) -> str:
-    return json.dumps(value, ensure_ascii=False) if not isinstance(value, float) else repr(value)
+def is_float_pair(a, b) -> bool:
+    """A committed float and a fresh number: compared within T (a committed int is a count)."""
+    return isinstance(a, float) and _is_number(b)
 
 
-def _row_is_tf(row: dict, tf_context: bool) -> bool:
-    if "model" in row:
-        return not is_exact_model(row["model"])
-    return tf_context
+def normalized(committed: float, fresh: float) -> float:
+    """|fresh - committed| / max(1, |committed|): what T bounds."""
+    if math.isnan(committed) or math.isnan(fresh):
+        return 0.0 if math.isnan(committed) and math.isnan(fresh) else math.inf
+    return abs(fresh - committed) / max(1.0, abs(committed))
 
 
-def _effective_category(key, value, inherited: str | None) -> str | None:
-    """A key's metric category: from its own name; for a float value whose own name says
-    nothing (and is no configuration key), from the nearest enclosing key (cv_r2_by_epochs)."""
-    own = metric_category(key)
-    if inherited and inherited.startswith(FORCED):  # a TABLE_CATEGORIES table
-        return inherited[len(FORCED):] if own not in (None, RANK) else own
-    if own is not None or str(key) in CONFIG_KEYS:
-        return own
-    return inherited if isinstance(value, float | str) else None
+# One compared place; kind: float (within T), exact, structure, unstable (not compared raw).
+Item = namedtuple("Item", "path committed fresh kind")
 
 
-def _row_label(row: dict, inherited: str | None) -> tuple:
-    """Identifying (key, value) pairs of a table row: model/feature_set/knob when present, else
-    every scalar that is not a metric (the configuration)."""
-    named = [(k, row[k]) for k in ("model", "feature_set", "knob") if k in row]
-    if named:
-        return tuple(named)
-    return tuple((k, v) for k, v in row.items()
-                 if isinstance(v, str | int | float | bool) and v is not None
-                 and _effective_category(k, v, inherited) is None)
+def _row_label(row, index: int) -> str:
+    names = [f"{k}={v}" for k, v in row.items() if isinstance(v, str)][:3] \
+        if isinstance(row, dict) else []
+    return ", ".join(names) or str(index)
 
 
-def _label_text(label: tuple) -> str:
-    return "[" + ", ".join(f"{k}={v}" for k, v in label) + "]"
-
-
-def walk_metrics(committed, fresh, path: str = "", tf: bool = False,
-                 inherited: str | None = None, key=None) -> Iterator[Leaf | Structure]:
-    """Pair up the values of two metrics payloads: a Leaf for every compared value, a Structure
-    for every structural difference. tf: inside a TF-derived row (or TF file top level);
-    inherited: metric category of the nearest enclosing key that has one."""
+def walk(committed, fresh, path: str = "", name: str = "", exact: bool = False,
+         unstable: bool = False) -> Iterator[Item]:
+    """Pair up two JSON payloads: an Item per compared value and per structural difference.
+    name (a metrics file's name) applies CHOICES and UNSTABLE to its top-level keys."""
     if isinstance(committed, dict) and isinstance(fresh, dict):
-        if "model" in committed:
-            tf = _row_is_tf(committed, tf) or ("model" in fresh and _row_is_tf(fresh, tf))
-        missing = [k for k in committed if k not in fresh]
-        extra = [k for k in fresh if k not in committed]
-        if missing or extra:
-            parts = ([f"missing keys {missing}"] if missing else []) + (
-                [f"extra keys {extra}"] if extra else [])
-            yield Structure(path or "(top level)", "; ".join(parts))
-        elif list(committed) != list(fresh):
-            yield Structure(path or "(top level)", f"key order differs: committed "
-                                                   f"{list(committed)}, fresh {list(fresh)}")
-        for k in committed:
-            if k in fresh:
-                child = f"{path}.{k}" if path else str(k)
-                forced = inherited and inherited.startswith(FORCED)
-                category = (FORCED + TABLE_CATEGORIES[k] if k in TABLE_CATEGORIES else inherited
-                            if forced else metric_category(k) or inherited)
-                yield from walk_metrics(committed[k], fresh[k], child, tf, category, k)
-        return
-    if isinstance(committed, list) and isinstance(fresh, list):
-        yield from _walk_list(committed, fresh, path, tf, inherited, key)
-        return
-    if isinstance(committed, dict | list) or isinstance(fresh, dict | list) or (
-            type(committed) is not type(fresh) and not (_is_number(committed)
-                                                        and _is_number(fresh))):
-        yield Structure(path, f"type differs: committed {_fmt(committed)}, fresh {_fmt(fresh)}")
-        return
-    category = _effective_category(key, committed, inherited) if tf and key is not None else None
-    yield Leaf(path, committed, fresh, tf, category)
+        if list(committed) != list(fresh):
+            yield Item(path or "(top level)", list(committed), list(fresh), "structure")
+        for key in [k for k in committed if k in fresh]:
+            summary = None if path else UNSTABLE.get((name, key))
+            yield from walk(committed[key], fresh[key], f"{path}.{key}" if path else key, name,
+                            exact or (not path and (name, key) in CHOICES),
+                            unstable or summary is not None)
+            if summary:
+                yield from walk(summary(committed[key]), summary(fresh[key]),
+                                f"{key} (summary: {summary.__name__})")
+    elif isinstance(committed, list) and isinstance(fresh, list):
+        if len(committed) != len(fresh):
+            yield Item(f"{path} (row count)", len(committed), len(fresh), "structure")
+        for i, (a, b) in enumerate(zip(committed, fresh)):
+            yield from walk(a, b, f"{path}[{_row_label(a, i)}]", name, exact, unstable)
+    elif unstable and _is_number(committed) and _is_number(fresh):
+        yield Item(path, committed, fresh, "unstable")
+    else:
+        yield Item(path, committed, fresh,
+                   "float" if not exact and is_float_pair(committed, fresh) else "exact")
 
 
-def _walk_list(committed: list, fresh: list, path: str, tf: bool, inherited: str | None,
-               key) -> Iterator[Leaf | Structure]:
-    rows = committed and fresh and all(isinstance(r, dict) for r in [*committed, *fresh])
-    if rows:
-        tf_c = [_row_is_tf(r, tf) for r in committed]
-        tf_f = [_row_is_tf(r, tf) for r in fresh]
-        labels_c = [_row_label(r, inherited) for r in committed]
-        labels_f = [_row_label(r, inherited) for r in fresh]
-        if len(set(labels_c)) == len(labels_c) and len(set(labels_f)) == len(labels_f):
-            index_f = {label: i for i, label in enumerate(labels_f)}
-            set_c = set(labels_c)
-            for label in labels_c:
-                if label not in index_f:
-                    yield Structure(f"{path}{_label_text(label)}", "row missing in fresh")
-            for label in labels_f:
-                if label not in set_c:
-                    yield Structure(f"{path}{_label_text(label)}", "extra row in fresh")
-            if len(committed) != len(fresh):
-                yield Structure(path, f"row count differs: committed {len(committed)}, "
-                                      f"fresh {len(fresh)}")
-            exact_c = [lb for lb, t in zip(labels_c, tf_c) if not t and lb in index_f]
-            exact_f = [lb for lb, t in zip(labels_f, tf_f) if not t and lb in set_c]
-            if exact_c != exact_f:
-                yield Structure(path, "order of exact (scikit-learn) rows differs: committed "
-                                      f"{[_label_text(x) for x in exact_c]}, fresh "
-                                      f"{[_label_text(x) for x in exact_f]}")
-            for label, row in zip(labels_c, committed):
-                if label in index_f:
-                    yield from walk_metrics(row, fresh[index_f[label]],
-                                            f"{path}{_label_text(label)}", tf, inherited, key)
-            return
-    if len(committed) != len(fresh):
-        yield Structure(path, f"length differs: committed {len(committed)}, "
-                              f"fresh {len(fresh)}")
-    for i, (a, b) in enumerate(zip(committed, fresh)):
-        yield from walk_metrics(a, b, f"{path}[{i}]", tf, inherited, key)
+def _fmt(value) -> str:
+    return repr(value) if isinstance(value, float) else json.dumps(value, ensure_ascii=False)
 
 
-def metric_leaves(name: str, committed: dict, fresh: dict) -> Iterator[Leaf | Structure]:
-    """walk_metrics with the file-level rules: files of EXACT_NOTEBOOKS are exact throughout;
-    the top level (and rows without `model`) of TF_NOTEBOOKS files are TF-derived."""
-    number = _notebook_number(name)
-    exact_file = number in EXACT_NOTEBOOKS
-    for item in walk_metrics(committed, fresh, "", number in TF_NOTEBOOKS and not exact_file):
-        if exact_file and isinstance(item, Leaf):
-            item.tf, item.category = False, None
-        yield item
+def same(a, b) -> bool:
+    return type(a) is type(b) and (a == b or (a != a and b != b))
 
 
-def leaf_deviation(leaf: Leaf) -> float | None:
-    """|fresh - committed| of a numeric leaf (relative for median_factor), None otherwise."""
-    a, b = leaf.committed, leaf.fresh
-    if not (_is_number(a) and _is_number(b)):
-        return None
-    if math.isnan(a) or math.isnan(b):
-        return 0.0 if math.isnan(a) and math.isnan(b) else math.inf
-    if leaf.category and CATEGORIES.get(leaf.category, (False,))[0]:
-        return abs(b - a) / abs(a) if a else (0.0 if b == a else math.inf)
-    return abs(b - a)
-
-
-def compare_metrics(name: str, committed: dict, fresh: dict,
-                    contract: Contract | None = None) -> list[str]:
-    """One message per difference between a committed and a freshly written metrics payload.
-
-    name: the file name (06_results.json); decides whether rows without `model` are exact.
-    Messages name the file, the key path, both values, the difference and the tolerance."""
-    contract = contract or load_contract()
+def compare_metrics(name: str, committed, fresh, contract: Contract) -> list[str]:
+    """One message per value that breaks the rule: the file, the key path, both values and
+    the tolerance (or why the value is exact)."""
     messages = []
-    for item in metric_leaves(name, committed, fresh):
-        if isinstance(item, Structure):
-            messages.append(f"{name}: {item.path}: {item.message}")
-            continue
-        leaf = item
-        if leaf.category == RANK:
-            continue  # follows from the scores, which are compared
-        if leaf.category is None:
-            if leaf.committed != leaf.fresh or type(leaf.committed) is not type(leaf.fresh):
-                diff = ""
-                if _is_number(leaf.committed) and _is_number(leaf.fresh):
-                    diff = f", difference {leaf.fresh - leaf.committed:+.3g}"
-                messages.append(f"{name}: {leaf.path}: committed {_fmt(leaf.committed)}, "
-                                f"fresh {_fmt(leaf.fresh)}{diff}, tolerance exact")
-            continue
-        tol = contract.tolerances[leaf.category]
-        if isinstance(leaf.committed, str) and isinstance(leaf.fresh, str):
-            for text in compare_text_numbers(leaf.committed, leaf.fresh, tol):
-                messages.append(f"{name}: {leaf.path}: {text}")
-            continue
-        if leaf.committed is None or leaf.fresh is None:
-            if leaf.committed is not leaf.fresh:
-                messages.append(f"{name}: {leaf.path}: committed {_fmt(leaf.committed)}, "
-                                f"fresh {_fmt(leaf.fresh)}, tolerance exact for null")
-            continue
-        deviation = leaf_deviation(leaf)
-        if deviation is None:  # not two numbers (e.g. booleans): exact
-            if leaf.committed != leaf.fresh:
-                messages.append(f"{name}: {leaf.path}: committed {_fmt(leaf.committed)}, "
-                                f"fresh {_fmt(leaf.fresh)}, tolerance exact")
-            continue
-        allowed = tol.rel if tol.rel else tol.abs
-        if deviation > allowed * (1 + 1e-9):
-            relative = bool(tol.rel)
-            diff = (f"{(leaf.fresh - leaf.committed) / leaf.committed:+.3%} relative"
-                    if relative and leaf.committed else
-                    f"{leaf.fresh - leaf.committed:+.6g}")
-            messages.append(f"{name}: {leaf.path}: committed {_fmt(leaf.committed)}, "
-                            f"fresh {_fmt(leaf.fresh)}, difference {diff}, "
-                            f"tolerance {tol.describe()}")
+    for item in walk(committed, fresh, name=name):
+        where, c, f = f"{name}: {item.path}", item.committed, item.fresh
+        if item.kind == "structure":
+            messages.append(f"{where}: structure differs: committed {_fmt(c)}, fresh {_fmt(f)}")
+        elif item.kind == "exact" and not same(c, f):
+            why = ("a configuration choice, contract.CHOICES" if is_float_pair(c, f)
+                   else f"type {type(c).__name__} vs {type(f).__name__}"
+                   if type(c) is not type(f) else f"type {type(c).__name__}")
+            messages.append(f"{where}: committed {_fmt(c)}, fresh {_fmt(f)}: compared "
+                            f"exactly ({why})")
+        elif item.kind == "float" and normalized(c, f) > contract.tolerance * (1 + 1e-9):
+            messages.append(f"{where}: committed {_fmt(c)}, fresh {_fmt(f)}: difference "
+                            f"{f - c:+.3g} > tolerance {contract.allowed(c):.3g} "
+                            f"(T = {contract.tolerance:g} x max(1, |committed|))")
     return messages
 
 
-# ------------------------------------------------------------------------------------------
-# Figures
-# ------------------------------------------------------------------------------------------
-
-# figure stem -> "exact" (made from scikit-learn results only) / "tf" (shows TF results).
-# Figures not listed are exact.
-FIGURE_KINDS = {
-    "cv_scores": "tf",  # 06_results: every model's CV scores, the MLPs included
-    "actual_vs_predicted": "tf",  # 06_results: includes the tuned MLP
-    "importance": "tf",  # 06_results: permutation importance of the tuned MLP (and hgb)
-}
+# --- Figures ------------------------------------------------------------------------------
 
 
-def figure_kind(name: str) -> str:
-    return FIGURE_KINDS.get(Path(str(name)).stem, "exact")
-
-
-def _as_file(image, folder: Path, name: str) -> Path:
-    target = folder / name
-    if isinstance(image, bytes | bytearray):
-        target.write_bytes(image)
-    else:
-        shutil.copyfile(image, target)
-    return target
-
-
-def _png_size(path: Path) -> tuple:
+def image_rms(committed_png, fresh_png, keep_diff: Path | None = None) -> float:
+    """RMS pixel difference (0-255) as matplotlib's compare_images computes it; inf when the
+    sizes differ. Images may be paths or PNG bytes; keep_diff: copy the difference image."""
+    from matplotlib.testing.compare import compare_images
     from PIL import Image
 
-    with Image.open(path) as img:
-        return img.size
-
-
-def image_rms(committed_png, fresh_png) -> float:
-    """RMS pixel difference (0-255 scale) as matplotlib's compare_images computes it;
-    inf when the sizes differ."""
-    from matplotlib.testing.compare import compare_images
-
     with tempfile.TemporaryDirectory() as tmp:
-        expected = _as_file(committed_png, Path(tmp), "expected.png")
-        actual = _as_file(fresh_png, Path(tmp), "actual.png")
-        if _png_size(expected) != _png_size(actual):
+        paths = []
+        for name, image in (("expected.png", committed_png), ("actual.png", fresh_png)):
+            paths.append(Path(tmp) / name)
+            if isinstance(image, bytes | bytearray):
+                paths[-1].write_bytes(image)
+            else:
+                shutil.copyfile(image, paths[-1])
+        sizes = [Image.open(p).size for p in paths]
+        if sizes[0] != sizes[1]:
             return math.inf
-        result = compare_images(str(expected), str(actual), tol=-1, in_decorator=True)
-        return 0.0 if result is None else float(result["rms"])
+        result = compare_images(str(paths[0]), str(paths[1]), tol=-1, in_decorator=True)
+        if result is None:  # identical pixels
+            return 0.0
+        if keep_diff is not None:
+            Path(keep_diff).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(result["diff"], keep_diff)
+        return float(result["rms"])
 
 
-def compare_figure(committed_png, fresh_png, name: str, contract: Contract | None = None,
+def compare_figure(committed_png, fresh_png, name: str, contract: Contract,
                    diff_dir: Path | None = None) -> str | None:
-    """None if the fresh figure matches the committed one within its tolerance (exact for
-    scikit-learn-only figures, the measured image tolerance for TF figures), else a message.
-    Images may be paths or PNG bytes. With diff_dir, a failing figure's difference image is
-    kept there as <name>-diff.png."""
-    from matplotlib.testing.compare import compare_images
-    from matplotlib.testing.exceptions import ImageComparisonFailure
-
-    contract = contract or load_contract()
-    kind = figure_kind(name)
-    tol = 0.0 if kind == "exact" else contract.image_tolerance
-    what = ("exact: figure of scikit-learn results" if kind == "exact"
-            else f"TF figure, measured image tolerance ({contract.source})")
-    with tempfile.TemporaryDirectory() as tmp:
-        expected = _as_file(committed_png, Path(tmp), "expected.png")
-        actual = _as_file(fresh_png, Path(tmp), "actual.png")
-        if expected.read_bytes() == actual.read_bytes():
-            return None
-        try:
-            size_c, size_f = _png_size(expected), _png_size(actual)
-        except Exception as exc:  # not a readable PNG
-            return f"{name}: cannot read image ({exc})"
-        if size_c != size_f:
-            return (f"{name}: image size changed: committed {size_c[0]}x{size_c[1]} px, "
-                    f"fresh {size_f[0]}x{size_f[1]} px ({what})")
-        try:
-            result = compare_images(str(expected), str(actual), tol=tol, in_decorator=True)
-        except ImageComparisonFailure as exc:
-            return f"{name}: images cannot be compared: {exc} ({what})"
-        if result is None:
-            return None
-        kept = ""
-        if diff_dir is not None:
-            diff_dir = Path(diff_dir)
-            diff_dir.mkdir(parents=True, exist_ok=True)
-            target = diff_dir / f"{Path(str(name)).stem}-diff.png"
-            shutil.copyfile(result["diff"], target)
-            kept = f"; difference image: {target}"
-        return (f"{name}: images differ: RMS {result['rms']:.3f} > tolerance {tol:g} "
-                f"({what}){kept}")
+    """None if the fresh figure is within the image tolerance, else a message (with diff_dir,
+    the difference image is kept there as <stem>-diff.png)."""
+    target = Path(diff_dir) / f"{Path(name).stem}-diff.png" if diff_dir else None
+    try:
+        rms = image_rms(committed_png, fresh_png, keep_diff=target)
+    except Exception as exc:  # not a readable PNG
+        return f"{name}: cannot compare images ({exc})"
+    if rms <= contract.image_tolerance:
+        return None
+    what = "image size changed" if rms == math.inf else f"RMS {rms:.3f}"
+    return (f"{name}: {what} > image tolerance {contract.image_tolerance:g}"
+            + (f"; difference image: {target}" if target and target.is_file() else ""))
 
 
-# ------------------------------------------------------------------------------------------
-# Numbers in text (notebook cell outputs, formatted strings in metrics files)
-# ------------------------------------------------------------------------------------------
+# --- Printed text (notebook cell outputs) -------------------------------------------------
 
-# A number not inside an identifier (r2, log10, AVX2, split0) or after a decimal point:
-# optional sign (also U+2212 minus), digits with optional thousands separators, decimals,
-# exponent, percent sign.
+# A number not inside an identifier (r2, log10, AVX2, split0) or after a decimal point: sign
+# (also U+2212), digits with optional thousands separators, decimals, exponent, percent sign.
 NUMBER_RE = re.compile(
-    r"(?<![\w.])(?P<sign>[+\-\u2212]?)"
-    r"(?P<int>[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)"
-    r"(?:\.(?P<frac>[0-9]+))?"
-    r"(?:[eE](?P<exp>[+\-\u2212]?[0-9]+))?"
-    r"(?P<pct>%)?"
-    r"(?![0-9A-Za-z_])"
-)
+    r"(?<![\w.])(?P<sign>[+\-\u2212]?)(?P<int>[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)"
+    r"(?:\.(?P<frac>[0-9]+))?(?:[eE](?P<exp>[+\-\u2212]?[0-9]+))?(?P<pct>%)?(?![0-9A-Za-z_])")
+FLOAT_MARK = "<float>"
 
 
-@dataclass(frozen=True)
-class PrintedNumber:
-    text: str
-    value: float
-    unit: float  # one unit of the last printed digit, in the same scale as value
+Printed = namedtuple("Printed", "text value unit line")  # unit: one unit of the last digit
 
 
-def parse_number(match: re.Match) -> PrintedNumber:
+def _printed(match: re.Match, line: int) -> Printed:
+    frac, exp = match["frac"] or "", int((match["exp"] or "0").replace("\u2212", "-"))
+    scale = 10.0 ** exp / (100 if match["pct"] else 1)
+    value = float(match["int"].replace(",", "") + ("." + frac if frac else "")) * scale
     sign = -1.0 if match["sign"] in ("-", "\u2212") else 1.0
-    frac = match["frac"] or ""
-    value = float(match["int"].replace(",", "") + ("." + frac if frac else ""))
-    unit = 10.0 ** -len(frac)
-    if match["exp"]:
-        scale = 10.0 ** int(match["exp"].replace("\u2212", "-"))
-        value, unit = value * scale, unit * scale
-    if match["pct"]:
-        value, unit = value / 100, unit / 100
-    return PrintedNumber(match.group(0), sign * value, unit)
+    return Printed(match.group(0), sign * value, 10.0 ** -len(frac) * scale, line)
 
 
-def split_numbers(text: str) -> tuple[str, list[PrintedNumber]]:
-    """The text with every number replaced by NUMBER_PLACEHOLDER (a percent sign kept), and
-    the numbers in order."""
-    numbers = []
+def split_floats(text: str) -> tuple[str, list[Printed]]:
+    """The text with every printed float replaced by FLOAT_MARK (counts stay; runs of spaces
+    made one: a table pads a column to its widest value, "-0.003" is wider than "0.004")."""
+    floats = []
 
     def replace(match):
-        numbers.append(parse_number(match))
-        return NUMBER_PLACEHOLDER + ("%" if match["pct"] else "")
+        if not (match["frac"] or match["exp"]):  # a count
+            return match.group(0)
+        floats.append(_printed(match, text.count("\n", 0, match.start()) + 1))
+        return FLOAT_MARK
 
-    return NUMBER_RE.sub(replace, text), numbers
-
-
-def mask_numbers(text: str) -> str:
-    return split_numbers(text)[0]
+    return re.sub(r"[ \t]+", " ", NUMBER_RE.sub(replace, text)), floats
 
 
 def _clip(line: str, width: int = 160) -> str:
@@ -619,54 +262,37 @@ def _clip(line: str, width: int = 160) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def compare_text_numbers(committed: str, fresh: str, tolerance: Tolerance | float | None,
-                         limit: int = 20) -> list[str]:
-    """Messages for two texts that must match except for numbers within tolerance (None:
-    exact). Each number may differ by max(abs, rel x |committed|) plus one unit of the
-    committed number's last printed digit (0.3494 and 0.3506 print as 0.349 and 0.351)."""
+def compare_text(committed: str, fresh: str, contract: Contract) -> list[str]:
+    """Messages for two printed texts under the rule."""
     if committed == fresh:
         return []
-    if isinstance(tolerance, int | float):
-        tolerance = Tolerance(float(tolerance))
+    (template_c, floats_c), (template_f, floats_f) = split_floats(committed), split_floats(fresh)
     lines_c, lines_f = committed.split("\n"), fresh.split("\n")
-    if tolerance is None:
-        for i, (a, b) in enumerate(zip(lines_c, lines_f), start=1):
-            if a != b:
-                return [f"line {i} differs (exact):\n    committed: {_clip(a)}\n"
-                        f"    fresh:     {_clip(b)}"]
-        return [f"line count differs: committed {len(lines_c)}, fresh {len(lines_f)} (exact)"]
-    template_c, _ = split_numbers(committed)
-    template_f, _ = split_numbers(fresh)
     if template_c != template_f:
         t_c, t_f = template_c.split("\n"), template_f.split("\n")
-        for i, (a, b) in enumerate(zip(t_c, t_f), start=1):
-            if a != b:
-                return [f"text differs, not only in its numbers, at line {i}:\n"
-                        f"    committed: {_clip(lines_c[i - 1])}\n"
-                        f"    fresh:     {_clip(lines_f[i - 1])}"]
-        return [f"line count differs: committed {len(t_c)}, fresh {len(t_f)}"]
+        if len(t_c) != len(t_f):
+            return [f"line count differs: committed {len(t_c)}, fresh {len(t_f)}"]
+        i = next(i for i, (a, b) in enumerate(zip(t_c, t_f)) if a != b)
+        counts = [(a.group(0), b.group(0)) for a, b in zip(NUMBER_RE.finditer(t_c[i]),
+                                                           NUMBER_RE.finditer(t_f[i]))
+                  if a.group(0) != b.group(0)]
+        what = (f"count {counts[0][0]} -> {counts[0][1]} (a number without a decimal point is "
+                "a count, compared exactly)" if counts and
+                NUMBER_RE.sub("#", t_c[i]) == NUMBER_RE.sub("#", t_f[i]) else "text differs")
+        return [f"line {i + 1}: {what}\n    committed: {_clip(lines_c[i])}\n"
+                f"    fresh:     {_clip(lines_f[i])}"]
     messages = []
-    for i, (a, b) in enumerate(zip(lines_c, lines_f), start=1):
-        if a == b:
-            continue
-        _, nums_a = split_numbers(a)
-        _, nums_b = split_numbers(b)
-        for na, nb in zip(nums_a, nums_b):
-            allowed = tolerance.allowed(na.value) + na.unit
-            diff = nb.value - na.value
-            if abs(diff) > allowed * (1 + 1e-9):
-                messages.append(
-                    f"line {i}: committed {na.text}, fresh {nb.text}: difference {diff:+.4g} > "
-                    f"tolerance {allowed:.4g} (= {tolerance.describe()} + {na.unit:g} for the "
-                    f"last printed digit)\n    committed: {_clip(a)}\n    fresh:     {_clip(b)}")
-    if len(messages) > limit:
-        messages = messages[:limit] + [f"... and {len(messages) - limit} more numbers"]
+    for a, b in zip(floats_c, floats_f):
+        allowed = contract.allowed(a.value, a.unit)
+        if abs(b.value - a.value) > allowed * (1 + 1e-9):
+            messages.append(
+                f"line {a.line}: committed {a.text}, fresh {b.text}: difference "
+                f"{b.value - a.value:+.4g} > tolerance {allowed:.4g} (T = "
+                f"{contract.tolerance:g} x max(1, |committed|) + {a.unit:g} for the last printed "
+                f"digit)\n    committed: {_clip(lines_c[a.line - 1])}\n"
+                f"    fresh:     {_clip(lines_f[a.line - 1])}")
     return messages
 
-
-# ------------------------------------------------------------------------------------------
-# Notebook cell outputs
-# ------------------------------------------------------------------------------------------
 
 TEXT_MIMES = ("text/plain", "text/html", "text/markdown", "text/latex")
 _CR = re.compile(r"^.*\r(?=[^\n])", re.MULTILINE)
@@ -679,25 +305,21 @@ def _text(value) -> str:
 
 def _clean_stream(text: str) -> str:
     """Apply backspaces and carriage returns as a terminal would (as nbval does)."""
-    old = None
-    while old != text:
-        old, text = text, _BS.sub("", text)
+    while _BS.search(text):
+        text = _BS.sub("", text)
     return _CR.sub("", text)
 
 
-def output_texts(outputs, sanitize: Callable[[str], str] | None = None) -> dict:
-    """The comparable texts of a cell's outputs: {"stream stdout": [text], "text/html": [...],
-    "error": [...]}. Streams of one name are joined (like nbval); images are not included."""
-    sanitize = sanitize or (lambda s: s)
+def output_texts(outputs, sanitize: Callable[[str], str] = str) -> dict:
+    """{"stream stdout": [text], "text/html": [...], "error": [...]} of a cell's outputs;
+    streams of one name joined (as nbval does); images left out."""
     keyed, streams = {}, {}
     for out in outputs or []:
         kind = out.get("output_type")
         if kind == "stream":
             key = f"stream {out.get('name', 'stdout')}"
-            if key not in streams:
-                keyed[key] = []
-                streams[key] = ""
-            streams[key] += _text(out.get("text", ""))
+            keyed.setdefault(key, [])
+            streams[key] = streams.get(key, "") + _text(out.get("text", ""))
         elif kind in ("display_data", "execute_result"):
             for mime, value in (out.get("data") or {}).items():
                 if mime in TEXT_MIMES:
@@ -710,102 +332,89 @@ def output_texts(outputs, sanitize: Callable[[str], str] | None = None) -> dict:
     return keyed
 
 
-def compare_cell_outputs(committed_outputs, fresh_outputs, tolerance: Tolerance | float | None,
-                         sanitize: Callable[[str], str] | None = None,
-                         where: str = "cell") -> list[str]:
-    """Messages for the differences between a cell's committed and fresh outputs (text/plain,
-    text/html, markdown, streams, errors). The texts with numbers replaced by a placeholder
-    must match exactly; the numbers pairwise within tolerance plus one unit of the committed
-    number's last printed digit. tolerance None: exact. sanitize: applied to both sides first
-    (nbval's sanitizers)."""
-    texts_c = output_texts(committed_outputs, sanitize)
-    texts_f = output_texts(fresh_outputs, sanitize)
-    messages = []
+def compare_cell_outputs(committed_outputs, fresh_outputs, contract: Contract,
+                         sanitize: Callable[[str], str] = str, where: str = "cell") -> list[str]:
+    """Messages for a cell's text outputs under the rule (after sanitize, nbval's sanitizers)."""
+    texts_c, texts_f = (output_texts(o, sanitize) for o in (committed_outputs, fresh_outputs))
     if set(texts_c) != set(texts_f):
-        missing, extra = sorted(set(texts_c) - set(texts_f)), sorted(set(texts_f) - set(texts_c))
-        messages.append(f"{where}: output kinds differ: missing {missing}, extra {extra}")
+        return [f"{where}: output kinds differ: committed {sorted(texts_c)}, "
+                f"fresh {sorted(texts_f)}"]
+    messages = []
     for key, values_c in texts_c.items():
-        values_f = texts_f.get(key)
-        if values_f is None:
+        if len(values_c) != len(texts_f[key]):
+            messages.append(f"{where}: {key}: committed has {len(values_c)} outputs, fresh "
+                            f"{len(texts_f[key])}")
             continue
-        if len(values_c) != len(values_f):
-            messages.append(f"{where}: {key}: committed has {len(values_c)} outputs, "
-                            f"fresh has {len(values_f)}")
-            continue
-        for n, (a, b) in enumerate(zip(values_c, values_f), start=1):
+        for n, (a, b) in enumerate(zip(values_c, texts_f[key]), start=1):
             label = key if len(values_c) == 1 else f"{key} #{n}"
-            for text in compare_text_numbers(a, b, tolerance):
-                messages.append(f"{where}: {label}: {text}")
+            messages += [f"{where}: {label}: {m}" for m in compare_text(a, b, contract)]
     return messages
 
 
-def mask_outputs(outputs, sanitize: Callable[[str], str] | None = None) -> list:
-    """Deep copies of notebook outputs with every number in their texts (after sanitize)
-    replaced by NUMBER_PLACEHOLDER: for nbval's own exact comparison of everything else."""
-    sanitize = sanitize or (lambda s: s)
+def mask_outputs(outputs, sanitize: Callable[[str], str] = str) -> list:
+    """Copies of the outputs with every printed float (after sanitize) replaced by FLOAT_MARK,
+    for nbval's own exact comparison of everything else."""
     masked = []
-    for out in outputs or []:
-        out = copy.deepcopy(out)
+    for out in copy.deepcopy(list(outputs or [])):
         if out.get("output_type") == "stream":
-            out["text"] = mask_numbers(sanitize(_clean_stream(_text(out.get("text", "")))))
-        for mime in TEXT_MIMES:
-            if mime in (out.get("data") or {}):
-                out["data"][mime] = mask_numbers(sanitize(_text(out["data"][mime])))
+            out["text"] = split_floats(sanitize(_clean_stream(_text(out.get("text", "")))))[0]
+        for mime in [m for m in TEXT_MIMES if m in (out.get("data") or {})]:
+            out["data"][mime] = split_floats(sanitize(_text(out["data"][mime])))[0]
         masked.append(out)
     return masked
 
 
-def is_tf_cell(cell) -> bool:
-    """A notebook cell tagged `tf-derived` in its metadata."""
-    return TF_TAG in ((cell.get("metadata") or {}).get("tags") or [])
-
-
 def sanitizer_from_file(path: Path | str) -> Callable[[str], str]:
-    """The nbval sanitizers of a config file (regex:/replace: pairs) as one function,
-    parsed exactly as nbval parses them."""
+    """The nbval sanitizers of a config file as one function, parsed as nbval parses them."""
     from nbval.plugin import get_sanitize_patterns
 
     patterns = get_sanitize_patterns(Path(path).read_text(encoding="utf-8"))
-
-    def sanitize(text: str) -> str:
-        for regex, replace in patterns:
-            text = re.sub(regex, replace, text)
-        return text
-
-    return sanitize
+    return lambda text: functools.reduce(lambda t, p: re.sub(p[0], p[1], t), patterns, text)
 
 
-@dataclass
-class NotebookComparison:
-    messages: list = field(default_factory=list)
-    tf_cells: int = 0
-    exact_cells: int = 0
+SKIPPED_TAGS = {"nbval-ignore-output", "injected-parameters"}
 
 
-def compare_notebooks(committed_nb, fresh_nb, contract: Contract | None = None,
-                      sanitize: Callable[[str], str] | None = None,
-                      name: str = "notebook") -> NotebookComparison:
-    """Compare every code cell's outputs as the test session does: cells tagged tf-derived
-    with the printed-number tolerance, all others exactly (text outputs, after sanitize).
-    Papermill's injected-parameters cell is skipped; cells are numbered like nbval
-    (`Cell N` = N-th code cell of the committed notebook)."""
-    contract = contract or load_contract()
-
-    def code_cells(nb):
+def compare_notebooks(committed_nb, fresh_nb, contract: Contract,
+                      sanitize: Callable[[str], str] = str, name: str = "notebook") -> list[str]:
+    """Every code cell's outputs under the rule, as the test session compares them (cells
+    tagged nbval-ignore-output skipped; `Cell N` = N-th code cell, as nbval counts)."""
+    def code(nb):
         return [c for c in nb["cells"] if c.get("cell_type") == "code"
-                and "injected-parameters" not in ((c.get("metadata") or {}).get("tags") or [])]
+                and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
 
-    cells_c, cells_f = code_cells(committed_nb), code_cells(fresh_nb)
-    result = NotebookComparison()
+    cells_c, cells_f = code(committed_nb), code(fresh_nb)
     if len(cells_c) != len(cells_f):
-        result.messages.append(f"{name}: code cell count differs: committed {len(cells_c)}, "
-                               f"fresh {len(cells_f)}")
+        return [f"{name}: code cell count differs: committed {len(cells_c)}, "
+                f"fresh {len(cells_f)}"]
+    messages = []
     for number, (a, b) in enumerate(zip(cells_c, cells_f)):
-        tf = is_tf_cell(a)
-        result.tf_cells += tf
-        result.exact_cells += not tf
-        where = f"{name} Cell {number}" + (" (tf-derived)" if tf else "")
-        result.messages += compare_cell_outputs(a.get("outputs"), b.get("outputs"),
-                                                contract.for_cell(a) if tf else None,
-                                                sanitize, where)
-    return result
+        if not SKIPPED_TAGS & set(a.get("metadata", {}).get("tags", [])):
+            messages += compare_cell_outputs(a.get("outputs"), b.get("outputs"), contract,
+                                             sanitize, f"{name} Cell {number}")
+    return messages
+
+
+# --- numpy's dispatch levels (emulated by conftest.py and scripts/measure_drift.py) -------
+
+X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
+X86_LEVEL = re.compile(r"X86_V\d")
+
+
+def simd_extensions() -> dict:
+    """numpy's public report of its SIMD dispatch: {"baseline": [...], "found": [...],
+    "not found": [...]} (as np.show_runtime() prints it)."""
+    import numpy
+
+    return numpy.show_config(mode="dicts")["SIMD Extensions"]
+
+
+def numpy_levels(simd: dict) -> list[tuple[str, str]]:
+    """[(level, NPY_DISABLE_CPU_FEATURES value that holds numpy at it)] for every X86_V* level
+    below this CPU's own, nearest first. numpy disables only the features named and refuses
+    baseline ones, so every found feature from the next level up is named (AVX-512 machine:
+    X86_V3 is "X86_V4 AVX512_ICL ..."). [] at numpy's baseline or off x86."""
+    found = list(simd.get("found", []))
+    levels = [f for f in [*simd.get("baseline", []), *found] if X86_LEVEL.fullmatch(f)]
+    return [(levels[i - 1], " ".join(found[found.index(levels[i]):]))
+            for i in range(len(levels) - 1, 0, -1) if levels[i] in found]
