@@ -3,17 +3,14 @@
 * Notebook validation (nbval, pyproject.toml) needs the real Kaggle file at
   data/spotify-2023.csv; without it (or with another file there) every notebook item is
   skipped, with a reason that says how to get it. The plain tests in tests/ always run.
-* Environment of everything the session starts (workers and kernels inherit os.environ):
-  TF_CPP_MIN_LOG_LEVEL=3 and TF_ENABLE_ONEDNN_OPTS=0 keep TensorFlow's start-up messages out
-  of cell outputs; PYTHONHASHSEED=0 as scripts/run_series.py --refresh uses it.
+* Workers and kernels inherit os.environ: no TensorFlow start-up messages in cell outputs,
+  PYTHONHASHSEED=0 as scripts/run_series.py --refresh uses it.
 * Another CPU, emulated (emulate(); the pytest header says what): numpy one dispatch level
   below this CPU's own and oneDNN at SSE41. OpenBLAS stays native (make drift covers it).
   TEST_EMULATE=native turns it off; a mechanism's own variable, when set, is kept.
 * The rule (tests/contract.py) for every code cell's text output (nbval-ignore-output cells
   stay ignored) and, at the end, for the reports the notebooks wrote into a copy of reports/.
-* pytest-xdist (`-n 2 --dist loadfile`): each file on one worker, the longest first; the
-  notebooks do not depend on running in sequence (02's cleaned data is rebuilt if missing).
-  (`--dist loadgroup` fails under pytest 9.2: pytest-dev/pytest-xdist#1386.)
+* pytest-xdist (`-n 2 --dist loadfile`): each file on one worker, the longest first.
 """
 
 from __future__ import annotations
@@ -31,8 +28,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent
 RAW_DATA = ROOT / "data" / "spotify-2023.csv"
-# sha256 of the original Kaggle file (see helpers.REAL_SHA256; kept here too so that
-# collection works even while helpers.py cannot be imported).
+# helpers.REAL_SHA256, kept here too: collection works while helpers.py cannot be imported
 FALLBACK_REAL_SHA256 = "26fd1292465877c24a9f5bfc6bf933c0715356a9c7d3197f2c4bc8b1a668a215"
 
 GET_DATA_HELP = (

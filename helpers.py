@@ -1,12 +1,12 @@
-"""Shared code for the Spotify-streams notebook series.
-
-Sections: paths · data · features · evaluation · models · plots.
-The notebooks import what they need by name (``from helpers import load_raw, clean``).
+"""Shared plumbing for the Spotify-streams notebook series: settings and paths, data, features,
+evaluation, models, saved models and predictions, figures. What the series teaches (Keras,
+scikit-learn's searches and displays, seaborn) the notebooks call from those libraries.
 """
 
 from __future__ import annotations
 
 import contextlib
+import decimal
 import functools
 import hashlib
 import io
@@ -16,47 +16,49 @@ import re
 import threading
 import warnings
 from dataclasses import dataclass, field
+from multiprocessing import connection
 from numbers import Integral
 from pathlib import Path
 
-# Before TensorFlow is ever imported: silence its C++ start-up log lines (they would land in
-# notebook outputs and break nbval comparisons) and keep oneDNN's graph rewrites off (their
-# notice would land in outputs too; matrix products still use oneDNN's sgemm, see below).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-# TensorFlow's matrix products still run on oneDNN's sgemm, which picks its kernel by the CPU's
-# instruction set (AVX-512 machines sum in another order than AVX2 ones). Capping it at AVX2
-# gives AVX-512 CPUs the kernel of an AVX2 CPU (this machine: identical numbers with the cap);
-# older CPUs keep theirs. Read once, before the first matrix product.
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-# One TensorFlow thread per process: the matrices here are too small to split, and the series
-# runs fits in parallel processes instead (n_jobs). Measured on 4 fits of 100 epochs: 16 % less
-# wall time and 27 % less CPU time than TF's default pools, bit-identical predictions; and
-# idle pool threads no longer spin against the other process on a busy 2-core machine.
-os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+# Before TensorFlow is imported: no C++ log lines or oneDNN notice in notebook outputs, and one
+# thread per process for TensorFlow, OpenMP and BLAS: the series runs fits in parallel
+# processes instead (faster and identical, measured in docs/performance.md). oneDNN is capped
+# at AVX2, so an AVX-512 CPU sums as an AVX2 one does (docs/reproducibility.md).
+for _name, _value in [("TF_CPP_MIN_LOG_LEVEL", "3"), ("TF_ENABLE_ONEDNN_OPTS", "0"),
+                      ("TF_NUM_INTRAOP_THREADS", "1"), ("TF_NUM_INTEROP_THREADS", "1"),
+                      ("ONEDNN_MAX_CPU_ISA", "AVX2"), ("OMP_NUM_THREADS", "1")]:
+    os.environ.setdefault(_name, _value)
 
+# ruff: noqa: E402  (the imports below come after the settings above)
+import joblib
+import matplotlib as mpl
 import numpy as np
 import pandas as pd
+import seaborn as sns
+from matplotlib.ticker import FixedLocator, FuncFormatter
+from scipy import stats
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
+from sklearn.dummy import DummyRegressor
+from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+from sklearn.impute import MissingIndicator, SimpleImputer
+from sklearn.linear_model import LinearRegression, Ridge
+from sklearn.metrics import make_scorer, mean_absolute_error, mean_squared_error
+from sklearn.model_selection import GridSearchCV, GroupKFold, GroupShuffleSplit
+from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
-# And one OpenMP/BLAS thread per process (gradient boosting, numpy): on data this small a
-# second thread costs more than it brings, and beside another busy process its threads spin.
-# Measured, 15 HGB fits: 5.2 s with two OpenMP threads, 3.8 s with one; next to a busy loop
-# 16.0 s against 4.0 s; identical scores. The variable covers libraries loaded later (and
-# child processes); threadpool_limits those a notebook loaded before importing helpers.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))
-
-# joblib's loky replaces a worker whose memory grew past 300 MB (TensorFlow's, after a few
-# fits) and reports its own recycling as "A worker stopped ...": a known false alarm
-# (joblib/joblib#869, fixed in loky#641, not yet in the joblib pinned here). Jobs are not lost;
-# a worker that really dies still raises TerminatedWorkerError.
+threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))  # libraries loaded before this one
+# loky's recycling of a worker past 300 MB, reported as "A worker stopped": a false alarm
+# (joblib#869, fixed in loky#641, not in joblib 1.6.0).
 warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given",
                         category=UserWarning)
 
 # ----------------------------------------------------------------------------------------------
-# Paths
+# Settings and paths
 # ----------------------------------------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parent
@@ -74,7 +76,6 @@ DOWNLOAD_HINT = (
 
 
 def file_sha256(path) -> str:
-    """Hex sha256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -88,23 +89,14 @@ class Run:
     is_real: bool
     is_synthetic: bool
 
-    @property
-    def processed_path(self) -> Path:
-        return self.output_dir / "processed" / "spotify_clean.csv"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.output_dir / "models"
-
-    @property
-    def figures_dir(self) -> Path:
-        return self.metrics_dir.parent / "figures"
+    processed_path = property(lambda self: self.output_dir / "processed" / "spotify_clean.csv")
+    models_dir = property(lambda self: self.output_dir / "models")
+    figures_dir = property(lambda self: self.metrics_dir.parent / "figures")
 
 
 def resolve_run(data_path=None, output_dir=None, quick=False) -> Run:
-    """Resolve the data file and output folders of a run (defaults: real file, else sample).
-    A quick (smoke) run on the real file never writes the committed reports/: by default it
-    goes to build/real-quick/."""
+    """The data file and output folders of a run (default: the real file, else the sample). On
+    the real file, metrics go to the committed reports/ (or SERIES_REPORTS_DIR), except QUICK."""
     if data_path is None:
         data_path = RAW_DATA if RAW_DATA.exists() else SAMPLE_DATA
     data_path = Path(data_path).expanduser().resolve()
@@ -112,14 +104,12 @@ def resolve_run(data_path=None, output_dir=None, quick=False) -> Run:
     is_synthetic = data_path == SAMPLE_DATA.resolve()
     if output_dir is not None:
         out = Path(output_dir).expanduser().resolve()
-        return Run(data_path, out, out / "metrics", is_real, is_synthetic)
-    if is_real and quick:
-        out = BUILD_DIR / "real-quick"
-        return Run(data_path, out, out / "metrics", True, False)
-    if is_real:  # the committed results: metrics in reports/, derived data out of git
-        reports = Path(os.environ.get("SERIES_REPORTS_DIR") or REPORTS_DIR)  # tests: a copy
+    elif is_real and not quick:
+        reports = Path(os.environ.get("SERIES_REPORTS_DIR") or REPORTS_DIR)
         return Run(data_path, BUILD_DIR / "real", reports / "metrics", True, False)
-    out = BUILD_DIR / ("synthetic" if is_synthetic else data_path.stem)
+    else:
+        out = BUILD_DIR / ("real-quick" if is_real else "synthetic" if is_synthetic
+                           else data_path.stem)
     return Run(data_path, out, out / "metrics", is_real, is_synthetic)
 
 
@@ -127,22 +117,24 @@ def _is_whole(value) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
+def _is_path(value) -> bool:
+    return value is None or isinstance(value, str | os.PathLike) and bool(str(value).strip())
+
+
 PARAMETER_RULES = {  # notebook parameter: (test, what it must be)
     "QUICK": (lambda v: isinstance(v, bool), "True or False"),
     "SEED": (lambda v: _is_whole(v) and 0 <= v < 2**32, "a whole number from 0 to 2**32 - 1"),
     "N_JOBS": (lambda v: _is_whole(v) and v >= 1, "a positive whole number"),
-    "DATA_PATH": (lambda v: v is None or isinstance(v, str | os.PathLike) and str(v).strip(),
-                  "None or a file path"),
-    "OUTPUT_DIR": (lambda v: v is None or isinstance(v, str | os.PathLike) and str(v).strip(),
-                   "None or a folder path"),
-    "DASK_SCHEDULER": (lambda v: v is None or isinstance(v, str) and v.strip(),
+    "DATA_PATH": (_is_path, "None or a file path"),
+    "OUTPUT_DIR": (_is_path, "None or a folder path"),
+    "DASK_SCHEDULER": (lambda v: v is None or isinstance(v, str) and bool(v.strip()),
                        "None or a scheduler address"),
 }
 
 
 def check_parameters(**parameters) -> None:
-    """Check a notebook's parameters (papermill injects them as given: `-p QUICK yes` is the
-    text 'yes') against PARAMETER_RULES; a DataError names each wrong one."""
+    """Check a notebook's parameters (papermill passes `-p QUICK yes` as the text 'yes'); a
+    DataError names each wrong one."""
     unknown = [name for name in parameters if name not in PARAMETER_RULES]
     if unknown:
         raise TypeError(f"check_parameters: unknown parameter(s) {', '.join(unknown)}")
@@ -154,26 +146,30 @@ def check_parameters(**parameters) -> None:
 
 
 def data_banner(run: Run) -> str:
-    """A one-line (or empty) warning to show at the top of a notebook about the data used."""
+    """A one-line (or empty) warning about the data a notebook runs on."""
     if run.is_synthetic:
-        return (
-            "⚠ SYNTHETIC SAMPLE: every number below comes from a generated sample, not from "
-            "the Kaggle file, and says nothing about real songs. " + DOWNLOAD_HINT
-        )
+        return ("⚠ SYNTHETIC SAMPLE: every number below comes from a generated sample, not from "
+                "the Kaggle file, and says nothing about real songs. " + DOWNLOAD_HINT)
     if not run.is_real:
         return f"Note: running on {run.data_path.name}, not the original Kaggle file."
     return ""
 
 
-def show_banner(run: Run) -> None:
-    """Show which data a notebook runs on; a loud warning for the synthetic sample."""
-    text = data_banner(run)
+def setup_notebook(**parameters) -> Run:
+    """A notebook's first call: check its parameters, resolve its run, say which data it runs
+    on (a loud banner for the synthetic sample) and set the look of every figure."""
+    check_parameters(**parameters)
+    run = resolve_run(parameters.get("DATA_PATH"), parameters.get("OUTPUT_DIR"),
+                      quick=parameters.get("QUICK", False))
     if run.is_real:
         print(f"Data: {run.data_path.name}, the original Kaggle file (sha256 verified).")
     else:
         from IPython.display import Markdown, display
 
-        display(Markdown(f"> **{text}**"))
+        display(Markdown(f"> **{data_banner(run)}**"))
+    sns.set_theme(style="whitegrid", context="notebook")  # 150 dpi: sharp at README width
+    mpl.rcParams.update({"figure.figsize": (9, 4), "figure.dpi": 150, "savefig.dpi": 150})
+    return run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,10 +184,8 @@ class DataError(ValueError):
 TARGET = "streams"
 NAME_COLUMNS = ["track_name", "artist(s)_name"]
 DATE_COLUMNS = ["released_year", "released_month", "released_day"]
-AUDIO_NUMERIC = [
-    "bpm", "danceability_%", "valence_%", "energy_%", "acousticness_%",
-    "instrumentalness_%", "liveness_%", "speechiness_%",
-]
+AUDIO_NUMERIC = ["bpm", "danceability_%", "valence_%", "energy_%", "acousticness_%",
+                 "instrumentalness_%", "liveness_%", "speechiness_%"]
 KEYS = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 MODES = ["Major", "Minor"]
 REQUIRED_COLUMNS = [  # the original file's order
@@ -201,6 +195,7 @@ REQUIRED_COLUMNS = [  # the original file's order
     "in_shazam_charts", "bpm", "key", "mode", *AUDIO_NUMERIC[1:],
 ]
 NUMERIC_COLUMNS = [c for c in REQUIRED_COLUMNS if c not in [*NAME_COLUMNS, "key", "mode"]]
+RESERVED_COLUMNS = ["raw_row", "release_date", "days_since_release", "release_weekday"]
 MIN_PLAUSIBLE_STREAMS = 100_000  # a chart hit below this is a typo (see notebook 02)
 MIN_PLAUSIBLE_YEAR = 1940  # earlier release years in this list are placeholders (notebook 02)
 VALUE_RANGES = {  # whole numbers within these bounds, or a row is unusable (see row_problems)
@@ -211,16 +206,12 @@ VALUE_RANGES = {  # whole numbers within these bounds, or a row is unusable (see
 
 
 def _decode(raw: bytes) -> tuple[str, str]:
-    """Bytes to text, and the encoding read: 'utf-8' (with or without BOM), 'damaged utf-8'
-    or 'cp1252'. The encoding that explains most of the file wins: if most non-ASCII bytes form
-    UTF-8 characters (the original file: ~87 %), it is UTF-8 with broken bytes, each marked
-    U+FFFD; if most stand alone, it is a CP1252/Latin-1 re-save, whatever a few pairs of
-    accented characters ("é’") happen to look like."""
+    """Bytes to text and the encoding read: 'utf-8' (BOM or not), 'damaged utf-8' (most
+    non-ASCII bytes form UTF-8 characters, as in the original file; broken ones become U+FFFD)
+    or 'cp1252' (most stand alone: a CP1252/Latin-1 re-save)."""
     raw = raw.removeprefix(b"\xef\xbb\xbf")
-    try:
+    with contextlib.suppress(UnicodeDecodeError):
         return raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        pass
     stray = re.findall("[\udc80-\udcff]", raw.decode("utf-8", errors="surrogateescape"))
     if 2 * len(stray) < len(raw.translate(None, bytes(range(128)))):
         return raw.decode("utf-8", errors="replace"), "damaged utf-8"
@@ -236,9 +227,9 @@ def _read_bytes(path: Path) -> bytes:
         hint = DOWNLOAD_HINT if path.name == RAW_DATA.name else "Check the path."
         raise DataError(f"Data file not found: {path}. {hint}")
     raw = path.read_bytes()
+    head = raw[:4096]
     if not raw.removeprefix(b"\xef\xbb\xbf").strip():
         raise DataError(f"{path} is empty. Re-download it; the original is 106,270 bytes.")
-    head = raw[:4096]
     if head.startswith((b"\xff\xfe", b"\xfe\xff")) or max(head[::2].count(0),
                                                           head[1::2].count(0)) > len(head) // 4:
         raise DataError(f"{path} is UTF-16 text (Excel's 'Unicode Text'), not a CSV this "
@@ -252,12 +243,10 @@ def _read_bytes(path: Path) -> bytes:
     return raw
 
 
-RESERVED_COLUMNS = ["raw_row", "release_date", "days_since_release", "release_weekday"]
-
-
 def load_raw(path=None, *, target=True) -> pd.DataFrame:
-    """Read the Kaggle CSV (any common re-save of it) as text columns, never modifying the file.
-    target=False: rows to predict, which need no 'streams' column (see predict_streams)."""
+    """Read the Kaggle CSV (or a common re-save) as text columns; the file is never modified.
+    target=False: rows to predict: no streams column needed, nor platform counts (the
+    forecaster has no use for them; predict_streams says when a model needs them)."""
     path = resolve_run(path).data_path if path is None else Path(path).expanduser()
     text, encoding = _decode(_read_bytes(path))
     try:
@@ -268,7 +257,7 @@ def load_raw(path=None, *, target=True) -> pd.DataFrame:
                         "Pass the original comma-separated file.") from None
     frame = frame.loc[:, ~(frame.columns.str.startswith("Unnamed:") & frame.isna().all())]
     frame.columns = frame.columns.str.strip().str.removeprefix("\ufeff")
-    required = [c for c in REQUIRED_COLUMNS if target or c != TARGET]
+    required = [c for c in REQUIRED_COLUMNS if target or c not in [TARGET, *PLATFORM_COLUMNS]]
     missing = [c for c in required if c not in frame.columns]
     if len(missing) == len(required):
         raise DataError(f"{path} does not look like the Spotify 2023 CSV: none of the expected "
@@ -293,20 +282,6 @@ def check_data(path) -> None:
     split_train_test(add_features(clean(load_raw(path)).data))
 
 
-def describe_columns(raw: pd.DataFrame) -> pd.DataFrame:
-    """Per raw column: missing values, how many parse as numbers, and an example that doesn't."""
-    rows = []
-    for col in raw.columns:
-        values = raw[col].dropna()
-        as_number = pd.to_numeric(values, errors="coerce")
-        bad = values[as_number.isna()]
-        rows.append({"column": col, "missing": int(raw[col].isna().sum()),
-                     "numeric": int(as_number.notna().sum()), "not numeric": len(bad),
-                     "example not numeric": (bad.iloc[0][:40] if len(bad) and col not in
-                                             NAME_COLUMNS else "")})  # no song names shown
-    return pd.DataFrame(rows).set_index("column")
-
-
 @dataclass
 class CleanResult:
     """The cleaned frame plus one record per cleaning step (what was done, to how many rows)."""
@@ -327,7 +302,6 @@ class CleanResult:
         return df[~mask]
 
     def steps_table(self) -> pd.DataFrame:
-        """The steps as a table for display."""
         return pd.DataFrame(self.steps, columns=["step", "rows", "action"])
 
 
@@ -338,10 +312,9 @@ def parse_numbers(values: pd.Series) -> pd.Series:
 
 
 def parse_fields(df: pd.DataFrame, blank_key="C"):
-    """Parse raw text fields, the one way clean() and predict_streams share: numbers without
-    thousands separators, a blank key read as blank_key. Returns the parsed frame and, per
-    column, a mask of values that are present but invalid (not a finite number: 'inf' is
-    invalid too; an unknown key or mode); invalid numbers become NaN."""
+    """Parse raw text fields as clean() and predict_streams both do: numbers without thousands
+    separators, a blank key read as blank_key. Returns the parsed frame and per column a mask
+    of present but invalid values (no finite number, an unknown key or mode)."""
     out, bad = df.copy(), {}
     for col in [c for c in NUMERIC_COLUMNS if c in df]:
         numbers = parse_numbers(df[col])
@@ -360,15 +333,14 @@ def typed_categories(df: pd.DataFrame) -> pd.DataFrame:
                      mode=pd.Categorical(df["mode"], categories=MODES))
 
 
-def pair_key(frame: pd.DataFrame) -> pd.Series:
-    """A normalized track/artist key: case, spacing and encoding damage ignored."""
-    parts = [_name_key(frame[c]) for c in NAME_COLUMNS]
-    return parts[0] + "|" + parts[1]
-
-
 def _name_key(names: pd.Series) -> pd.Series:
     """Names compared as keys: case, spacing, punctuation and encoding damage ignored."""
     return names.astype("str").str.casefold().str.replace(r"[\W_]+", "", regex=True)
+
+
+def pair_key(frame: pd.DataFrame) -> pd.Series:
+    """A normalized track/artist key."""
+    return _name_key(frame[NAME_COLUMNS[0]]) + "|" + _name_key(frame[NAME_COLUMNS[1]])
 
 
 def release_dates(df: pd.DataFrame) -> pd.Series:
@@ -378,22 +350,17 @@ def release_dates(df: pd.DataFrame) -> pd.Series:
 
 
 def row_problems(parsed: pd.DataFrame, as_of=None) -> pd.DataFrame:
-    """The rules a parsed row must meet, one boolean column per rule (True: broken), shared by
-    clean(), which drops such rows, and predict_streams, which refuses them:
-    - each VALUE_RANGES column holds a whole number within its bounds (a count of -1 would
-      break log1p, a percentage of 1e6 gives nonsense);
-    - released_year is not before MIN_PLAUSIBLE_YEAR (earlier years are placeholders);
-    - the date exists, and is not after as_of (default: today, the day the rules run): a
-      future date is a typo, and would otherwise become everyone's reference for song age.
-    Missing values break no rule here; the callers decide about them."""
+    """The rules a parsed row must meet, a boolean column per rule (True: broken), which clean()
+    drops and predict_streams refuses: whole numbers within VALUE_RANGES; no placeholder year
+    (before MIN_PLAUSIBLE_YEAR); a date that exists and is not after as_of (default today: a
+    future date is a typo). Missing values break no rule here; the callers decide."""
     as_of = pd.Timestamp.today().normalize() if as_of is None else pd.Timestamp(as_of)
     rules = {}
     for col, (low, high) in VALUE_RANGES.items():
         if col in parsed:
-            values = parsed[col]
             bounds = f"below {low:g}" if high == np.inf else f"outside {low:g}–{high:g}"
-            rules[f"{col} {bounds} or not whole"] = (
-                values.notna() & ~(values.between(low, high) & (values % 1 == 0)))
+            rules[f"{col} {bounds} or not whole"] = parsed[col].notna() & ~(
+                parsed[col].between(low, high) & (parsed[col] % 1 == 0))
     dates = release_dates(parsed)
     rules[f"release year before {MIN_PLAUSIBLE_YEAR}"] = (parsed["released_year"]
                                                           < MIN_PLAUSIBLE_YEAR)
@@ -404,28 +371,26 @@ def row_problems(parsed: pd.DataFrame, as_of=None) -> pd.DataFrame:
 
 def clean(raw: pd.DataFrame, as_of=None, min_streams=MIN_PLAUSIBLE_STREAMS,
           keep_repeat="more streams") -> CleanResult:
-    """Clean a raw frame from load_raw; every step is recorded with its row count.
-
-    Rows that break a rule of row_problems are dropped, logged and kept in `dropped`: values
-    out of range, placeholder years, impossible dates, and release dates after as_of (default:
-    today). The reference date for song age is the latest release date of the kept rows: the
-    latest plausible one, which a row dated in the future cannot move. The two decisions that
-    look at the target can be varied to measure their effect (notebook 06): min_streams, and
-    which copy of a repeated track/artist pair is kept ("more streams" or "first listed")."""
+    """Clean a raw frame from load_raw; each step is logged with its row count, and dropped
+    rows are kept in `dropped` with the reason. The reference date for song age is the newest
+    release date kept. The two decisions that look at the target can be varied (notebook 06):
+    min_streams, and which copy of a repeated pair is kept ("more streams", "first listed")."""
     df = raw.copy()
     df.insert(0, "raw_row", raw.index)  # traceability: the row's position in the raw file
     result = CleanResult(df)
     result.log("start", len(df), "rows in the raw file")
-    df = _repair_names(df, result)
-    df = _parse_values(df, result)
-    df = _drop_out_of_range(df, result)
+    df = _parse_values(_repair_names(df, result), result)
+    problems = row_problems(df)
+    ranged = problems.loc[:, problems.columns.str.endswith("or not whole")]
+    if ranged.to_numpy().any():  # a negative count, a percentage above 100
+        df = result.drop(df, ranged.any(axis=1), "values out of range", "dropped: " + "; ".join(
+            f"{rule} ({n})" for rule, n in ranged.sum().items() if n))
     df = _drop_repeats_and_implausible(df, result, min_streams, keep_repeat)
     return _finish(df, result, len(raw), as_of)
 
 
 def _repair_names(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
-    """Undecodable bytes became U+FFFD: collapse each run to one marker. A file read as CP1252
-    (see _decode) is logged as such, with its rows holding non-ASCII names."""
+    """Collapse each run of U+FFFD (undecodable bytes) to one; log a file read as CP1252."""
     if df.attrs.get("encoding") == "cp1252":
         accented = df[NAME_COLUMNS].apply(lambda s: s.str.contains(r"[^\x00-\x7f]", na=False))
         result.log("file encoding", accented.any(axis=1).sum(),
@@ -478,16 +443,6 @@ def _parse_values(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
     return df
 
 
-def _drop_out_of_range(df: pd.DataFrame, result: CleanResult) -> pd.DataFrame:
-    """Rows with a value outside VALUE_RANGES (a negative count, a percentage above 100)."""
-    problems = row_problems(df)
-    ranged = problems.loc[:, problems.columns.str.endswith("or not whole")]
-    if not ranged.to_numpy().any():
-        return df
-    action = "dropped: " + "; ".join(f"{rule} ({n})" for rule, n in ranged.sum().items() if n)
-    return result.drop(df, ranged.any(axis=1), "values out of range", action)
-
-
 def _drop_repeats_and_implausible(df: pd.DataFrame, result: CleanResult, min_streams,
                                   keep_repeat) -> pd.DataFrame:
     """Repeated track/artist pairs (by default the copy with more streams, the later
@@ -518,10 +473,8 @@ def _finish(df: pd.DataFrame, result: CleanResult, n_start: int, as_of) -> Clean
     if future.any():
         df = result.drop(df, future, future.name, "dropped: in the future, a typo; not used "
                          "for the reference date (the latest date of the rows kept)")
-    dates = release_dates(df)
-    ints = [c for c in NUMERIC_COLUMNS if c != "in_shazam_charts"]
-    df = typed_categories(df.assign(release_date=dates[df.index]).astype(dict.fromkeys(ints,
-                                                                                     "int64")))
+    ints = dict.fromkeys([c for c in NUMERIC_COLUMNS if c != "in_shazam_charts"], "int64")
+    df = typed_categories(df.assign(release_date=release_dates(df)).astype(ints))
     if df.empty:
         raise DataError("No rows are left after cleaning; check the file's contents.")
     result.reference_date = df["release_date"].max()
@@ -534,8 +487,8 @@ def _finish(df: pd.DataFrame, result: CleanResult, n_start: int, as_of) -> Clean
 
 @contextlib.contextmanager
 def replacing(path):
-    """Write to a temporary file beside `path` (yielded), then swap it in: a reader (another
-    notebook, a parallel test) sees the old file or the new one, never half of one."""
+    """Write to a temporary file beside `path` (yielded), then swap it in: a reader sees the
+    old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
@@ -553,21 +506,18 @@ def save_clean(result: CleanResult, path) -> Path:
     return Path(path)
 
 
-def load_clean(path, rebuild_from=None) -> pd.DataFrame:
-    """Read the CSV written by save_clean (notebook 02) with its types restored. If it is
-    missing and `rebuild_from` names the raw file, rebuild it as notebook 02 does (saying so),
-    so that any notebook can run alone."""
-    path = Path(path)
-    if not path.is_file() and rebuild_from is not None:
-        result = clean(load_raw(rebuild_from))
-        save_clean(result, path)
-        print(f"Cleaned data not found at {path}: rebuilt it from {Path(rebuild_from).name} "
-              f"with clean(), as notebook 02 does ({len(result.data)} songs).")
+def load_songs(run: Run) -> pd.DataFrame:
+    """The run's cleaned songs (notebook 02 writes them) with the derived inputs; if missing,
+    rebuilt from the data file with clean(), as notebook 02 does, with a line saying so."""
+    path = run.processed_path
     if not path.is_file():
-        raise DataError(f"Cleaned data not found at {path}. Run notebook 02_cleaning first "
-                        "(or the whole series with `make run`).")
-    return typed_categories(pd.read_csv(path, parse_dates=["release_date"], encoding="utf-8",
-                                        keep_default_na=False, na_values=[""]))
+        result = clean(load_raw(run.data_path))
+        save_clean(result, path)
+        print(f"Cleaned data not found at {path}: rebuilt it from {run.data_path.name} with "
+              f"clean(), as notebook 02 does ({len(result.data)} songs).")
+    songs = pd.read_csv(path, parse_dates=["release_date"], encoding="utf-8",
+                        keep_default_na=False, na_values=[""])
+    return add_features(typed_categories(songs))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -578,52 +528,20 @@ PLATFORM_COLUMNS = [
     "in_spotify_playlists", "in_spotify_charts", "in_apple_playlists", "in_apple_charts",
     "in_deezer_playlists", "in_deezer_charts", "in_shazam_charts",
 ]
+AGE = "days_since_release"
 FEATURE_SETS = {
     # Does the sound of a song drive streams?
     "audio": [*AUDIO_NUMERIC, "key", "mode"],
     # What is known at release, plus exposure time (streams are all-time totals).
     "pre-release": [*AUDIO_NUMERIC, "key", "mode", "artist_count", "released_month",
-                    "release_weekday", "days_since_release"],
-    # Everything, including platform presence: largely a consequence of streams (leakage-prone).
+                    "release_weekday", AGE],
+    # Everything, including platform presence: largely a consequence of streams (leakage).
     "full": [*AUDIO_NUMERIC, "key", "mode", "artist_count", "released_month",
-             "release_weekday", "days_since_release", *PLATFORM_COLUMNS],
+             "release_weekday", AGE, *PLATFORM_COLUMNS],
 }
 CATEGORICAL = ["key", "mode", "release_weekday"]
-LOG_SCALED = [*PLATFORM_COLUMNS, "days_since_release"]  # heavy right tails: log1p first
+LOG_SCALED = [*PLATFORM_COLUMNS, AGE]  # heavy right tails: log1p first
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
-
-
-def add_features(clean_df: pd.DataFrame) -> pd.DataFrame:
-    """Add the derived model inputs (release weekday) to a cleaned frame."""
-    df = clean_df.copy()
-    weekday = df["release_date"].dt.day_of_week.map(dict(enumerate(WEEKDAYS)))
-    df["release_weekday"] = pd.Categorical(weekday, categories=WEEKDAYS)
-    return df
-
-
-def log_streams(df: pd.DataFrame) -> np.ndarray:
-    """The modelling target: log10 of total streams."""
-    return np.log10(df[TARGET].to_numpy(dtype=float))
-
-
-def make_preprocessor(feature_set: str):
-    """Column transformer for one feature set: log1p tails, median impute + flag, scale, one-hot."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
-
-    columns = feature_columns(feature_set)
-    logged = [c for c in columns if c in LOG_SCALED]
-    plain = [c for c in columns if c not in LOG_SCALED and c not in CATEGORICAL]
-    cats = [c for c in columns if c in CATEGORICAL]
-    numeric = [SimpleImputer(strategy="median", add_indicator=True), StandardScaler()]
-    parts = [("num", make_pipeline(*numeric), plain),
-             ("log", make_pipeline(FunctionTransformer(np.log1p, feature_names_out="one-to-one"),
-                                   *numeric), logged),
-             ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), cats)]
-    # n_jobs=1: three tiny transformers; never worth a joblib (or Dask) task each
-    return ColumnTransformer([p for p in parts if p[2]], verbose_feature_names_out=False, n_jobs=1)
 
 
 def feature_columns(feature_set: str) -> list:
@@ -633,12 +551,78 @@ def feature_columns(feature_set: str) -> list:
     return FEATURE_SETS[feature_set]
 
 
+def add_features(clean_df: pd.DataFrame) -> pd.DataFrame:
+    """Add the derived model inputs (release weekday) to a cleaned frame."""
+    weekday = clean_df["release_date"].dt.day_of_week.map(dict(enumerate(WEEKDAYS)))
+    return clean_df.assign(release_weekday=pd.Categorical(weekday, categories=WEEKDAYS))
+
+
+# numpy picks its log kernels by the CPU, and its AVX-512 ones return other last bits; trees turn
+# one ulp of the target into 1e-4 of R². So the series' logarithms come from Python's decimal
+# module: correctly rounded, the same bits on any machine (docs/reproducibility.md).
+_DECIMAL = decimal.Context(prec=34)
+
+
+@functools.cache
+def _exact_log(value: float, base10: bool) -> float:
+    if value != value:  # NaN passes through (a missing count, imputed later)
+        return value
+    return float(_DECIMAL.log10(decimal.Decimal(value)) if base10
+                 else _DECIMAL.ln(decimal.Decimal(value) + 1))
+
+
+def exact_log(values, base10: bool = True) -> np.ndarray:
+    """log10(values), or log(1 + values) with base10=False: identical on every machine."""
+    values = np.asarray(values, dtype="float64")
+    unique, inverse = np.unique(values, return_inverse=True)
+    logs = np.array([_exact_log(float(v), base10) for v in unique], dtype="float64")
+    return logs[inverse].reshape(values.shape)
+
+
+def log_streams(df: pd.DataFrame) -> np.ndarray:
+    """The modelling target: log10 of total streams."""
+    return exact_log(df[TARGET])
+
+
+CATEGORIES = {"key": [*KEYS, "unknown"], "mode": MODES, "release_weekday": WEEKDAYS}
+MAY_BE_MISSING = "in_shazam_charts"  # the one input clean() leaves missing
+
+
+def make_preprocessor(feature_set: str):
+    """Column transformer for one feature set: standardization, log1p first for heavy tails,
+    median imputation with a "was missing" flag for in_shazam_charts, one-hot categories. Its
+    columns (preprocessed_columns) depend on the feature set only, not on the rows."""
+    columns = feature_columns(feature_set)
+    log1p = FunctionTransformer(exact_log, kw_args={"base10": False},
+                                feature_names_out="one-to-one")
+    cats = [c for c in columns if c in CATEGORICAL]
+    parts = [("num", StandardScaler(), [c for c in columns if c not in LOG_SCALED + cats]),
+             ("log", make_pipeline(log1p, StandardScaler()),
+              [c for c in columns if c in LOG_SCALED and c != MAY_BE_MISSING]),
+             ("missing", FeatureUnion([("value", make_pipeline(
+                 log1p, SimpleImputer(strategy="median"), StandardScaler())),
+                 ("flag", MissingIndicator(features="all"))], verbose_feature_names_out=False),
+              [c for c in columns if c == MAY_BE_MISSING]),
+             ("cat", OneHotEncoder(categories=[CATEGORIES[c] for c in cats],
+                                   handle_unknown="ignore", sparse_output=False), cats)]
+    return ColumnTransformer([p for p in parts if p[2]], verbose_feature_names_out=False,
+                             n_jobs=1)
+
+
+def preprocessed_columns(feature_set: str) -> list:
+    """The names of make_preprocessor's output columns, in order."""
+    columns = feature_columns(feature_set)
+    names = [c for c in columns if c not in LOG_SCALED + CATEGORICAL]
+    names += [c for c in columns if c in LOG_SCALED and c != MAY_BE_MISSING]
+    names += [MAY_BE_MISSING, f"missingindicator_{MAY_BE_MISSING}"] * (MAY_BE_MISSING in columns)
+    return names + [f"{c}_{v}" for c in columns if c in CATEGORICAL for v in CATEGORIES[c]]
+
+
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------
 
-
-MIN_SONGS = 50  # below this, a 20 % test set and 5-fold CV leave too few songs per fold
+MIN_SONGS = 50  # below this, a test set of whole artists and 5-fold CV leave too few songs
 
 
 def artist_key(frame: pd.DataFrame) -> pd.Series:
@@ -647,15 +631,15 @@ def artist_key(frame: pd.DataFrame) -> pd.Series:
 
 
 def split_train_test(df: pd.DataFrame, seed=42, test_size=0.2):
-    """Hold out a test set (touched only in notebook 06) by a stable hash of each song's first
-    artist and the seed: all songs of an artist land on one side (about test_size of the
-    artists are held out), and adding, editing or removing a row moves no other song."""
+    """Hold out about test_size of the artists with all their songs (for notebook 06) by a hash
+    of the first artist and the seed: adding, editing or removing a row moves no other song."""
     if len(df) < MIN_SONGS:
         raise DataError(f"Only {len(df)} usable songs after cleaning; the series needs at least "
                         f"{MIN_SONGS} for a test set and 5-fold cross-validation.")
     digest = artist_key(df).map(lambda k: hashlib.sha256(f"{seed}|{k}".encode()).digest()[:8])
     in_test = (digest.map(lambda d: int.from_bytes(d, "big")) / 2**64 < test_size).to_numpy()
-    if in_test.sum() < 5 or (~in_test).sum() < MIN_SONGS * (1 - test_size):
+    if in_test.sum() < 5 or (~in_test).sum() < MIN_SONGS * (1 - test_size) or \
+            artist_key(df[~in_test]).nunique() < 5:  # 5 folds of whole artists
         raise DataError(f"{len(df)} songs by {artist_key(df).nunique()} artists: too few "
                         "artists to hold out a test set of whole artists. Use more songs.")
     return df[~in_test].reset_index(drop=True), df[in_test].reset_index(drop=True)
@@ -664,11 +648,8 @@ def split_train_test(df: pd.DataFrame, seed=42, test_size=0.2):
 def cv_splits(df: pd.DataFrame, seed=42, n_splits=5, n_repeats=3, groups=None) -> list:
     """Repeated K-fold grouped by first artist (or `groups`): a list of (train positions,
     validation positions); no artist is on both sides of a fold."""
-    from sklearn.model_selection import GroupKFold
-
     groups = artist_key(df) if groups is None else groups
-    return [(np.sort(tr), np.sort(va))
-            for r in range(n_repeats)
+    return [(np.sort(tr), np.sort(va)) for r in range(n_repeats)
             for tr, va in GroupKFold(n_splits, shuffle=True, random_state=seed + r)
             .split(df, groups=groups)]
 
@@ -678,146 +659,78 @@ def median_factor(y_true, y_pred) -> float:
     return float(10 ** np.median(np.abs(np.asarray(y_pred) - np.asarray(y_true))))
 
 
-def regression_metrics(y_true, y_pred) -> dict:
-    """R², MSE, MAE on log10 streams and the median factor (scikit-learn's metric functions)."""
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-
-    return {"r2": r2_score(y_true, y_pred), "mse": mean_squared_error(y_true, y_pred),
-            "mae": mean_absolute_error(y_true, y_pred),
-            "median_factor": median_factor(y_true, y_pred)}
-
-
-def fold_predictions(model, df: pd.DataFrame, feature_set: str, splits, n_jobs=1) -> list:
-    """scikit-learn's cross_validate of a fresh copy of `model` per split; each fitted copy's
-    predictions for the rows it did not see (log10 streams), one array per split."""
-    from sklearn.model_selection import cross_validate
-
-    X = df[feature_columns(feature_set)]
-    fitted = cross_validate(model, X, log_streams(df), cv=splits, scoring="r2",
-                            return_estimator=True, n_jobs=n_jobs)["estimator"]
-    return [estimator.predict(X.iloc[rows]) for estimator, (_, rows) in zip(fitted, splits)]
-
-
-def fold_scores(df: pd.DataFrame, splits, predictions) -> pd.DataFrame:
-    """regression_metrics of each split's held-out predictions; one row per fold."""
-    y = log_streams(df)
-    return pd.DataFrame([{"fold": i, **regression_metrics(y[rows], p)}
-                         for i, ((_, rows), p) in enumerate(zip(splits, predictions))])
-
-
-def cross_validate_model(model, df: pd.DataFrame, feature_set: str, splits, n_jobs=1):
-    """Cross-validated scores of `model` (fold_predictions → fold_scores); one row per fold."""
-    return fold_scores(df, splits, fold_predictions(model, df, feature_set, splits, n_jobs))
+def scoring() -> dict:
+    """cross_validate's scoring dict: R², and MSE, MAE (log10) and the median factor as
+    positive numbers (lower is better: for reporting, never for choosing)."""
+    return {"r2": "r2", "mse": make_scorer(mean_squared_error),
+            "mae": make_scorer(mean_absolute_error), "median_factor": make_scorer(median_factor)}
 
 
 def paired_difference(a, b, splits) -> dict:
-    """The series' one evidence standard: scores a − b compared fold by fold on the same folds.
-    The mean difference; its standard error, corrected for folds that share training rows
-    (Nadeau & Bengio 2003: the mean's variance is (1/J + n_validation/n_train)·s², not s²/J);
-    and in how many of the J folds a wins. A difference counts beyond 2 standard errors."""
+    """The series' evidence rule, the corrected resampled t-test (Nadeau & Bengio 2003): scores
+    a − b fold by fold. Folds share training rows, so the mean's variance is
+    (1/J + n_validation/n_train)·s², not s²/J, and mean/SE follows Student's t with J − 1
+    degrees of freedom: the difference, its SE, 95 % t interval, t, p and folds won."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    share = len(splits[0][1]) / len(splits[0][0])
-    return {"r2_difference": float(d.mean()),
-            "r2_difference_se": float(np.sqrt((1 / len(d) + share) * d.var(ddof=1)))
-            if len(d) > 1 else np.nan,  # one fold (a smoke run): no spread to measure
-            "folds_won": f"{(d > 0).sum()} of {len(d)}"}
+    folds, mean = len(d), float(d.mean())
+    share = np.mean([len(va) / len(tr) for tr, va in splits[:folds]])
+    se = float(np.sqrt((1 / folds + share) * d.var(ddof=1))) if folds > 1 else np.nan
+    t = mean / se if se > 0 else np.nan  # NaN: one fold, or no difference at all
+    half = stats.t.ppf(0.975, folds - 1) * se if folds > 1 else np.nan
+    return {"difference": mean, "se": se, "ci_low": mean - half, "ci_high": mean + half,
+            "t": float(t), "p_value": float(2 * stats.t.sf(abs(t), max(folds - 1, 1))),
+            "folds_won": f"{(d > 0).sum()} of {folds}"}
 
 
-def r2_interval(y_true, y_pred, seed=42, n_resamples=2000, minus=None) -> tuple[float, float]:
-    """95 % bootstrap interval of R² on one test set (scipy.stats.bootstrap, percentile): the
-    songs are resampled together with their predictions. With `minus` (another model's
-    predictions of the same songs): the interval of the paired difference in R²."""
-    from scipy.stats import bootstrap
-    from sklearn.metrics import r2_score
-
-    def r2(y, p, axis):
-        return r2_score(np.moveaxis(y, axis, 0), np.moveaxis(p, axis, 0),
-                        multioutput="raw_values")
-
-    def statistic(y, p, *other, axis=-1):
-        return r2(y, p, axis) - (r2(y, other[0], axis) if other else 0)
-
-    data = [np.asarray(a) for a in (y_true, y_pred, *([] if minus is None else [minus]))]
-    ci = bootstrap(data, statistic, paired=True, vectorized=True, n_resamples=n_resamples,
-                   method="percentile", rng=seed).confidence_interval
-    return float(ci.low), float(ci.high)
+def holm(p_values, alpha=0.05) -> np.ndarray:
+    """Holm's correction for a family of m comparisons (scipy has none): the smallest p against
+    alpha/m, the next against alpha/(m − 1), ..., until one fails; True where p counts."""
+    p = np.asarray(p_values, dtype=float)
+    passed = np.zeros(len(p), dtype=bool)
+    for rank, i in enumerate(np.argsort(p)):
+        if not p[i] <= alpha / (len(p) - rank):  # NaN (a single fold) never passes
+            break
+        passed[i] = True
+    return passed
 
 
-def progress(iterable=None, desc: str = "", total=None, unit: str = ""):
-    """A tqdm text bar for a long cell. Its last state, the one line a notebook keeps, holds no
-    timings, so every run prints the same; scripts/run_series.py relays it to the console.
-    Its size is fixed: a kernel started from a terminal would take that terminal's."""
-    from tqdm import tqdm
+def r2_interval(y_true, y_pred, groups=None, minus=None, seed=42, n_resamples=2000,
+                level=0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval (scipy.stats.bootstrap) of test-set R², or with `minus` of
+    the paired difference, resampling whole artists (groups=artist_key(test)) or songs. A
+    resample weights each song by its group's draws; r2 is r2_score's weighted R² for 100
+    resamples at once (tests/test_models.py checks they agree)."""
+    codes = np.arange(len(y_true)) if groups is None else pd.factorize(np.asarray(groups))[0]
+    y, n_groups = np.asarray(y_true, dtype=float), codes.max() + 1
 
-    return tqdm(iterable, desc, total, unit=unit, ncols=100, nrows=100,
-                bar_format="{desc}: {percentage:3.0f}%|{bar:10}| {n_fmt}/{total_fmt} {unit}")
+    def r2(weight, pred):
+        mean = (weight * y).sum(-1, keepdims=True) / weight.sum(-1, keepdims=True)
+        return 1 - (weight * (y - pred) ** 2).sum(-1) / (weight * (y - mean) ** 2).sum(-1)
 
+    def statistic(drawn, axis=-1):  # drawn: (resamples, groups) of group numbers
+        weight = (drawn[..., None] == np.arange(n_groups)).sum(axis=-2)[..., codes]
+        return r2(weight, np.asarray(y_pred)) - (0 if minus is None else
+                                                 r2(weight, np.asarray(minus)))
 
-class FitProgress:
-    """A GridSearchCV callback (scikit-learn's sklearn.callback API): a progress() bar of the
-    finished fits, which worker processes report through sklearn's own callback transport."""
-    # Not sklearn.callback.ProgressBar: it draws with rich, which in a kernel without
-    # ipywidgets shows no bar, only a warning.
-
-    def setup(self, estimator, context):
-        from sklearn.callback._transport import open_listener
-
-        lock, self.bar = threading.Lock(), []
-
-        def tick(total):  # the first finished fit opens the bar, below GridSearchCV's own line
-            with lock:
-                self.bar = self.bar or [progress(None, "grid search", total, "fits")]
-                self.bar[0].update()
-        self.listener = open_listener(tick)
-
-    def on_fit_task_begin(self, estimator, context, **kwargs):
-        pass
-
-    def on_fit_task_end(self, estimator, context, **kwargs):
-        from sklearn.callback._transport import send
-
-        if context.task_name == "candidate-split-evaluation":  # one candidate on one fold
-            with contextlib.suppress(OSError):  # a remote Dask worker cannot reach us: no tick
-                send(self.listener, context.parent.max_subtasks)
-
-    def teardown(self, estimator, context):
-        from sklearn.callback._transport import close_listener
-
-        close_listener(self.listener)
-        for bar in self.bar:
-            bar.close()
-            bar.fp.flush()  # its last newline before any later output of the cell
-
-    def __getstate__(self):  # what the workers get: the listener's address
-        return {"listener": self.listener}
-
-
-def summarize_cv(per_fold: pd.DataFrame, by=("model", "feature_set")) -> pd.DataFrame:
-    """Mean and standard deviation of each metric across folds."""
-    metrics = ["r2", "mse", "mae", "median_factor"]
-    table = per_fold.groupby(list(by), sort=False)[metrics].agg(["mean", "std"])
-    table.columns = [f"{m}_{s}" for m, s in table.columns]
-    return table.reset_index()
+    ci = stats.bootstrap((np.arange(n_groups),), statistic, rng=seed, n_resamples=n_resamples,
+                         batch=100, confidence_level=level, method="percentile")
+    return float(ci.confidence_interval.low), float(ci.confidence_interval.high)
 
 
 def save_metrics(run: Run, notebook: str, tables: dict, **extra) -> Path:
-    """Write a notebook's metrics (tables, rounded) as JSON in the run's metrics folder."""
-    def records(table):
-        return json.loads(table.round(6).to_json(orient="records"))
-
+    """Write a notebook's metrics (tables rounded to 6 decimals) as JSON."""
     payload = {"notebook": notebook, "data": run.data_path.name, "real_data": run.is_real,
                "synthetic": run.is_synthetic, **extra,
-               **{name: records(table) for name, table in tables.items()}}
-    path = run.metrics_dir / f"{notebook}.json"
-    with replacing(path) as partial:
+               **{name: json.loads(table.round(6).to_json(orient="records"))
+                  for name, table in tables.items()}}
+    with replacing(run.metrics_dir / f"{notebook}.json") as partial:
         partial.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n",
                            encoding="utf-8")
-    return path
+    return run.metrics_dir / f"{notebook}.json"
 
 
 def load_metrics(run: Run, notebook: str) -> dict:
-    """Read the metrics JSON an earlier notebook wrote; on the real file, if this run has none
-    (SERIES_REPORTS_DIR elsewhere), the committed one in reports/ (saying so)."""
+    """An earlier notebook's metrics; on the real file the committed ones if this run has none."""
     path = run.metrics_dir / f"{notebook}.json"
     committed = REPORTS_DIR / "metrics" / path.name
     if not path.is_file() and run.is_real and committed.is_file():
@@ -834,21 +747,21 @@ def load_metrics(run: Run, notebook: str) -> dict:
 
 
 def make_baseline(name: str, feature_set: str, seed=42, **params):
-    """A scikit-learn pipeline, preprocessing → estimator: 'mean', 'linear', 'ridge', 'hgb'
-    (gradient boosting) or 'rf' (random forest, 100 trees) on one feature set. The estimator
-    step is called `name`, so a search addresses its knobs as f"{name}__max_depth"; `params`
-    set them here (notebook 05's tuned values)."""
-    from sklearn.dummy import DummyRegressor
-    from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
-    from sklearn.linear_model import LinearRegression, RidgeCV
-    from sklearn.pipeline import Pipeline
-
+    """A pipeline make_preprocessor → 'mean', 'linear', 'ridge' (alpha searched over folds of
+    whole artists: fit with ridge__groups=artist_key(rows)), 'hgb' (gradient boosting) or 'rf'
+    (random forest). The step is called `name` (a search addresses f"{name}__max_depth");
+    `params` set its knobs. The tree ensembles never predict fewer streams for an older song
+    (monotonic_cst on song age: streams are running totals)."""
+    monotone = ([int(c == AGE) for c in preprocessed_columns(feature_set)]
+                if AGE in feature_columns(feature_set) else None)
     estimators = {
         "mean": lambda: DummyRegressor(strategy="mean"),
         "linear": LinearRegression,
-        "ridge": lambda: RidgeCV(alphas=np.logspace(-2, 3, 21)),
-        "hgb": lambda: HistGradientBoostingRegressor(random_state=seed),
-        "rf": lambda: RandomForestRegressor(random_state=seed),
+        "ridge": lambda: GridSearchCV(Ridge(), {"alpha": np.logspace(-2, 3, 11)},
+                                      scoring="neg_mean_squared_error",
+                                      cv=GroupKFold(5, shuffle=True, random_state=seed)),
+        "hgb": lambda: HistGradientBoostingRegressor(random_state=seed, monotonic_cst=monotone),
+        "rf": lambda: RandomForestRegressor(random_state=seed, monotonic_cst=monotone),
     }
     if name not in estimators:
         raise ValueError(f"Unknown baseline {name!r}; choose from {list(estimators)}.")
@@ -856,21 +769,20 @@ def make_baseline(name: str, feature_set: str, seed=42, **params):
                      (name, estimators[name]().set_params(**params))])
 
 
-MLP_DEFAULT = {"learning_rate": 0.001, "dropout": 0.2, "neurons": 64, "batch_size": 32,
-               "epochs": 100}
-SEED_GRID = {"learning_rate": [0.001, 0.01], "dropout": [0.2, 0.3], "neurons": [64, 128],
-             "batch_size": [16, 32], "epochs": [50, 100]}
+# The original report's network and grid; QUICK_GRID for smoke runs (two configurations).
+ORIGINAL_MLP = {"learning_rate": 0.001, "dropout": 0.2, "neurons": 64, "batch_size": 32,
+                "epochs": 100}
+ORIGINAL_GRID = {"learning_rate": [0.001, 0.01], "dropout": [0.2, 0.3], "neurons": [64, 128],
+                 "batch_size": [16, 32], "epochs": [50, 100]}
 QUICK_GRID = {"learning_rate": [0.001, 0.01], "dropout": [0.2], "neurons": [64],
-              "batch_size": [32], "epochs": [5]}  # smoke runs (QUICK): two configurations
-# Training steps Keras runs per call into TensorFlow (compile's steps_per_execution). On a few
-# hundred rows a step is microseconds of arithmetic, so the per-call overhead dominates.
-STEPS_PER_EXECUTION = 512
+              "batch_size": [32], "epochs": [5]}
+STEPS_PER_EXECUTION = 512  # training steps per call into TensorFlow (docs/performance.md)
 
 
 def build_mlp(n_features, neurons=64, dropout=0.2, learning_rate=1e-3, seed=42,
               steps_per_execution=1):
-    """The seed network, compiled: Dense(neurons, ReLU) → Dropout → Dense(neurons/2, ReLU) →
-    Dropout → Dense(1), trained with Adam on the mean squared error. Every random layer gets
+    """The original network, compiled: Dense(neurons, ReLU) → Dropout → Dense(neurons/2, ReLU)
+    → Dropout → Dense(1), trained with Adam on the mean squared error. Every random layer gets
     its own seed, so the same arguments give the same network in any process or thread."""
     import keras
 
@@ -887,135 +799,106 @@ def build_mlp(n_features, neurons=64, dropout=0.2, learning_rate=1e-3, seed=42,
         dense(1, 5),
     ])
     # jit_compile=False: XLA compiles every new model for seconds, more than a network this
-    # small ever gains from it (measured, see README "Performance").
+    # small gains from it (docs/performance.md).
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="mse",
                   steps_per_execution=steps_per_execution, jit_compile=False)
     return model
 
 
-_TRAINERS = {}  # per process: one compiled Keras model per (inputs, neurons, dropout)
-# scikeras seeds TensorFlow's process-wide generator around a fit: fits in two threads of one
-# process (Dask runs tasks in threads) would reseed each other. One at a time per process.
-_FIT_LOCK = threading.Lock()
+# A new Keras model traces its training step on its first fit, about 1.8 s here: longer than
+# 100 epochs of training (1 s). So each process keeps one compiled model per architecture and
+# starts every fit from a new model's state (initial weights, dropout seeds, a new Adam state,
+# the learning rate): the same numbers as a new model (tests/test_mlp.py), in half the time.
+_compiled = functools.cache(build_mlp)
+_FIT_LOCK = threading.Lock()  # Dask runs tasks in threads: one fit at a time per process
 
 
-def _trainer_for(model, learning_rate):
-    """A compiled copy of `model` whose traced training step is reused across fits (tracing
-    costs ~1.4 s a fit, more than the training itself), set to the fresh model's state:
-    its initial weights and dropout seeds, a new Adam state, the learning rate."""
+def _trainer(fresh, learning_rate, steps_per_execution):
     import keras
 
-    layers = model.layers
-    key = (model.input_shape[1], layers[0].units, layers[1].rate)
-    if key not in _TRAINERS:
-        _TRAINERS[key] = build_mlp(*key, steps_per_execution=STEPS_PER_EXECUTION)
-    trainer = _TRAINERS[key]
-    trainer.set_weights(model.get_weights())
-    for mine, fresh in zip(trainer.layers, layers):
+    trainer = _compiled(fresh.input_shape[1], fresh.layers[0].units, fresh.layers[1].rate,
+                        steps_per_execution=steps_per_execution)
+    trainer.set_weights(fresh.get_weights())
+    for mine, new in zip(trainer.layers, fresh.layers):
         if isinstance(mine, keras.layers.Dropout) and mine.rate > 0:
-            mine.seed_generator.state.assign(fresh.seed_generator.state)
+            mine.seed_generator.state.assign(new.seed_generator.state)
     for variable in trainer.optimizer.variables:
         variable.assign(keras.ops.zeros_like(variable))
     trainer.optimizer.learning_rate.assign(learning_rate)
     return trainer
 
 
-def _train_fast(estimator, X, y, epochs) -> dict:
-    """KerasMLP's training: Keras's own model.fit on a tf.data pipeline that shuffles (anew each
-    epoch), batches and repeats, on a model whose traced training step is reused (_trainer_for).
-    Without callbacks or a validation split all epochs run as one (no per-epoch overhead); with
-    them, Keras's epochs, validation on the last rows and callbacks work as usual. The trained
-    weights and optimizer state go back to the estimator's model; returns History.history."""
-    import tensorflow as tf
-    from scikeras.utils.random_state import tensorflow_random_state
+class KerasMLPRegressor(RegressorMixin, BaseEstimator):
+    """build_mlp's network as a scikit-learn estimator. fit runs Keras's model.fit on a tf.data
+    pipeline of the rows in a new order each epoch (numpy's generator seeded with random_state),
+    in batches, all epochs in one pass (Keras's per-epoch overhead would cost ten times the
+    training, docs/performance.md). With early_stopping: validation_fraction of the rows held
+    out (whole groups, e.g. artists, when fit gets `groups`), epoch by epoch, the best weights
+    kept (keras.callbacks.EarlyStopping with `patience`)."""
 
-    n_fit = int(len(X) * (1 - (estimator.validation_split or 0)))  # Keras's split: last rows
-    X, y = X.astype("float32"), y.astype("float32")
-    val = (X[n_fit:], y[n_fit:]) if n_fit < len(X) else None
-    trainer = _trainer_for(estimator.model_, estimator.learning_rate)
-    with tensorflow_random_state(estimator.random_state):  # as scikeras seeds its own fit
-        data = (tf.data.Dataset.from_tensor_slices((X[:n_fit], y[:n_fit]))
-                .shuffle(n_fit, seed=estimator.random_state, reshuffle_each_iteration=True)
-                .batch(estimator.batch_size))
-        if val is None and not estimator.callbacks:  # no per-epoch work: one long epoch
-            history = trainer.fit(data.repeat(epochs), epochs=1, shuffle=False, verbose=0)
-        else:  # Keras's epochs: a fresh pass (a new shuffle) over `data` each
-            history = trainer.fit(data, epochs=epochs, shuffle=False, verbose=0,
-                                  validation_data=val, callbacks=estimator._fit_callbacks)
-    model = estimator.model_
-    model.set_weights(trainer.get_weights())
-    model.optimizer.build(model.trainable_variables)
-    for mine, trained in zip(model.optimizer.variables, trainer.optimizer.variables):
-        mine.assign(trained)
-    return history.history
+    def __init__(self, neurons=64, dropout=0.2, learning_rate=1e-3, batch_size=32, epochs=100,
+                 early_stopping=False, validation_fraction=0.2, patience=10, random_state=42):
+        self.neurons, self.dropout, self.learning_rate = neurons, dropout, learning_rate
+        self.batch_size, self.epochs, self.early_stopping = batch_size, epochs, early_stopping
+        self.validation_fraction, self.patience = validation_fraction, patience
+        self.random_state = random_state
 
+    def fit(self, X, y, groups=None):
+        import keras
+        import tensorflow as tf
 
-@functools.cache
-def _keras_mlp_class():
-    """Define KerasMLP (see module __getattr__: scikeras imports TensorFlow, which is slow)."""
-    from collections import defaultdict
+        X, y = validate_data(self, X, y, dtype="float32", y_numeric=True)
+        y, rows, held = y.astype("float32").reshape(-1, 1), np.arange(len(X)), None
+        if self.early_stopping:
+            holdout = GroupShuffleSplit(1, test_size=self.validation_fraction,
+                                        random_state=self.random_state)
+            rows, held = next(holdout.split(X, y, rows if groups is None else groups))
+        rng = np.random.default_rng(self.random_state)
+        order = np.stack([rng.permutation(rows) for _ in range(self.epochs)])  # epochs × rows
+        data = (tf.data.Dataset.from_tensor_slices(order)
+                .flat_map(lambda epoch: tf.data.Dataset.from_tensor_slices(epoch)
+                          .batch(self.batch_size))
+                .map(lambda batch: (tf.gather(X, batch), tf.gather(y, batch))))
+        steps = -(-len(rows) // self.batch_size)  # batches per epoch
+        model = build_mlp(X.shape[1], self.neurons, self.dropout, seed=self.random_state)
+        with _FIT_LOCK:
+            if held is None:  # no per-epoch work: all epochs in one pass
+                history = _trainer(model, self.learning_rate, STEPS_PER_EXECUTION).fit(
+                    data, epochs=1, steps_per_epoch=steps * self.epochs, verbose=0,
+                    shuffle=False)
+            else:  # Keras's epochs, one call into TensorFlow each
+                stop = keras.callbacks.EarlyStopping(patience=self.patience,
+                                                     restore_best_weights=True)
+                history = _trainer(model, self.learning_rate, steps).fit(
+                    data, epochs=self.epochs, steps_per_epoch=steps, callbacks=[stop],
+                    validation_data=(X[held], y[held]), verbose=0, shuffle=False)
+            self.weights_, self.history_ = history.model.get_weights(), history.history
+        self.validation_rows_ = held  # the rows early stopping watched (None: no holdout)
+        return self
 
-    import tensorflow as tf
-    from scikeras.wrappers import KerasRegressor
+    def predict(self, X):  # the fitted state is numpy arrays: it pickles without Keras
+        import tensorflow as tf
 
-    tf.get_logger().setLevel("ERROR")  # retracing notices would land in notebook outputs
-
-    class KerasMLP(KerasRegressor):
-        """scikeras's KerasRegressor for the seed network (knobs as in build_mlp). It trains
-        with Keras's model.fit through _train_fast; predictions call the model directly."""
-
-        __qualname__ = "KerasMLP"  # picklable by name (loky and Dask workers import helpers)
-
-        def __init__(self, neurons=64, dropout=0.2, learning_rate=1e-3, batch_size=32,
-                     epochs=100, random_state=42, verbose=0, **kwargs):
-            super().__init__(**kwargs)
-            self.neurons, self.dropout, self.learning_rate = neurons, dropout, learning_rate
-            self.batch_size, self.epochs = batch_size, epochs
-            self.random_state, self.verbose = random_state, verbose
-
-        def fit(self, X, y, **kwargs):
-            with _FIT_LOCK:
-                return super().fit(X, y, **kwargs)
-
-        def _keras_build_fn(self, meta):
-            return build_mlp(meta["n_features_in_"], self.neurons, self.dropout,
-                             self.learning_rate, seed=self.random_state)
-
-        def _fit_keras_model(self, X, y, sample_weight, warm_start, epochs, initial_epoch,
-                             **kwargs):
-            if kwargs or sample_weight is not None:  # scikeras's own loop for what we skip
-                return super()._fit_keras_model(X, y, sample_weight, warm_start, epochs,
-                                                initial_epoch, **kwargs)
-            self.history_ = defaultdict(list, _train_fast(self, X, y, epochs))
-
-        def _predict_raw(self, X, **kwargs):
-            X, _ = self._validate_data(X=X, y=None)
-            return self.model_(self.feature_encoder_.transform(X), training=False).numpy()
-
-    return KerasMLP
-
-
-def __getattr__(name):
-    """KerasMLP is defined on first access, so `import helpers` stays free of TensorFlow."""
-    if name != "KerasMLP":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return _keras_mlp_class()
+        tf.get_logger().setLevel("ERROR")  # a new batch shape retraces: no notice in outputs
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype="float32", reset=False)
+        with _FIT_LOCK:
+            model = _compiled(X.shape[1], self.neurons, self.dropout)
+            model.set_weights(self.weights_)
+            return model.predict_on_batch(X).ravel()
 
 
 def make_mlp(feature_set: str, seed=42, **params):
-    """The seed network as a scikit-learn Pipeline: notebook 03's preprocessing → KerasMLP,
-    its target standardized on the training rows (TransformedTargetRegressor)."""
-    from sklearn.compose import TransformedTargetRegressor
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    mlp = _keras_mlp_class()(**{**MLP_DEFAULT, **params}, random_state=seed)
+    """The original network as a Pipeline: make_preprocessor → KerasMLPRegressor, its target
+    standardized on the training rows (TransformedTargetRegressor). Early stopping by artist:
+    make_mlp(fs, early_stopping=True).fit(X, y, mlp__groups=artist_key(rows))."""
+    network = KerasMLPRegressor(**{**ORIGINAL_MLP, **params}, random_state=seed)
     return Pipeline([("prepare", make_preprocessor(feature_set)),
-                     ("mlp", TransformedTargetRegressor(mlp, transformer=StandardScaler()))])
+                     ("mlp", TransformedTargetRegressor(network, transformer=StandardScaler()))])
 
 
 def grid_param(name: str) -> str:
-    """The GridSearchCV parameter name of a KerasMLP knob inside make_mlp's pipeline."""
+    """The GridSearchCV parameter name of a KerasMLPRegressor knob inside make_mlp's pipeline."""
     return f"mlp__regressor__{name}"
 
 
@@ -1023,17 +906,15 @@ TIE_R2 = 0.01  # mean CV R² differences below this are not evidence (SE of a 5-
 
 
 def cheapest_within(tie=TIE_R2):
-    """A GridSearchCV `refit` rule: of the configurations whose mean CV R² is within `tie` of
-    the best, the cheapest to train (epochs × steps per epoch × width), then the better
-    scoring. Unlike the plain best, it does not flip between configurations whose scores
-    differ by noise, such as another CPU's rounding (README, "Reproducibility")."""
+    """A GridSearchCV `refit` rule: of the configurations within `tie` of the best mean CV R²,
+    the cheapest to train (epochs × steps per epoch × width), then the better scoring. Unlike
+    the plain best, it does not flip between scores that differ by noise such as another CPU's
+    rounding (docs/reproducibility.md)."""
     def choose(cv_results) -> int:
         results = pd.DataFrame(cv_results)
-
-        def knob(name):
-            return results[f"param_{grid_param(name)}"].astype(float)
-
-        cost = knob("epochs") / knob("batch_size") * knob("neurons")
+        knob = {k: results[f"param_{grid_param(k)}"].astype(float)
+                for k in ["epochs", "batch_size", "neurons"]}
+        cost = knob["epochs"] / knob["batch_size"] * knob["neurons"]
         tied = results["mean_test_score"] >= results["mean_test_score"].max() - tie
         order = pd.DataFrame({"cost": cost, "score": -results["mean_test_score"]})[tied]
         return int(order.sort_values(["cost", "score"], kind="stable").index[0])
@@ -1044,10 +925,7 @@ def cheapest_within(tie=TIE_R2):
 @contextlib.contextmanager
 def parallel_backend(scheduler=None, timeout="20s"):
     """Where joblib-parallel work (GridSearchCV, cross_validate) runs: local processes, or a
-    Dask cluster if a scheduler address is given (or set in DASK_SCHEDULER_ADDRESS); an
-    unreachable address is an error after `timeout`."""
-    import joblib
-
+    Dask cluster at `scheduler` (or DASK_SCHEDULER_ADDRESS); unreachable: an error."""
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if not address:
         yield "local processes"
@@ -1063,64 +941,152 @@ def parallel_backend(scheduler=None, timeout="20s"):
         yield f"Dask cluster at {address} ({len(client.scheduler_info()['workers'])} workers)"
 
 
-def save_model(pipeline, folder, feature_set: str, songs: pd.DataFrame, quick=False) -> Path:
-    """Save a fitted make_mlp pipeline (scikeras stores its Keras model with keras.saving)
-    and what predict_streams needs to prepare new rows like the training songs; `quick`
-    marks a smoke-run model, which predict_streams never picks by default."""
-    import joblib
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    joblib.dump(pipeline, folder / "model.joblib")
-    info = {"feature_set": feature_set,  # a blank key means what it meant in training:
-            "blank_key": "unknown" if (songs["key"] == "unknown").any() else "C",
-            "reference_date": str(songs["release_date"].max().date()), "quick": bool(quick)}
-    (folder / "model.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return folder
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:10}| {n_fmt}/{total_fmt} {unit}"  # no timings
 
 
-def _is_quick_model(folder: Path) -> bool:
-    info = folder / "model.json"
-    return info.is_file() and json.loads(info.read_text(encoding="utf-8")).get("quick", False)
+class FitProgress:
+    """A GridSearchCV callback (sklearn.callback's FitCallback protocol): a tqdm bar of the
+    finished fits, which worker processes report over a local socket (multiprocessing's
+    connection). No public route exists: scikit-learn's ProgressBar draws with rich (no bar in
+    a papermill kernel) and its transport is private; tests/test_mlp.py notices a change."""
 
+    def setup(self, estimator, context):
+        self.key, bars = os.urandom(16), []
+        self.listener = connection.Listener(("127.0.0.1", 0), authkey=self.key)
+        self.address = self.listener.address
+
+        def serve():  # a connection per finished fit; None (from teardown) ends it
+            while (total := self.listener.accept().recv()) is not None:
+                bars[:] = bars or [tqdm(total=total, desc="grid search", unit="fits",
+                                        ncols=100, bar_format=BAR_FORMAT)]
+                bars[0].update()
+            for bar in bars:
+                bar.close()
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+
+    def on_fit_task_begin(self, estimator, context, **kwargs):
+        pass
+
+    def on_fit_task_end(self, estimator, context, **kwargs):
+        if context.task_name == "candidate-split-evaluation":  # one candidate on one fold
+            self.send(context.parent.max_subtasks)
+
+    def send(self, message):  # from a remote Dask worker, which cannot reach us: nothing
+        with contextlib.suppress(OSError), connection.Client(self.address, authkey=self.key) as c:
+            c.send(message)
+
+    def teardown(self, estimator, context):
+        self.send(None)
+        self.thread.join(timeout=10)
+        self.listener.close()
+
+    def __getstate__(self):  # what the workers get: where to report
+        return {"address": self.address, "key": self.key}
+
+
+# ----------------------------------------------------------------------------------------------
+# Saved models and predictions
+# ----------------------------------------------------------------------------------------------
 
 MODEL_FOLDERS = {"full": "final", "pre-release": "pre-release"}  # notebook 06 saves both
 
 
-def predict_streams(frame: pd.DataFrame, model_dir=None, inputs="full") -> pd.Series:
-    """Predicted streams for rows in the raw file's schema, from a model notebook 06 saved:
-    inputs="full" (default) the tuned MLP, which needs the platform counts (playlists, charts;
-    known only once a song is out), or inputs="pre-release" the forecaster for songs not yet
-    on playlists (audio features, key, mode, artist count, release date). Rows that clean()
-    would drop or refuse (see prepare_rows) are refused with a DataError naming each of them
-    and why: no prediction is returned for a batch holding any."""
-    import joblib
+# skops.io loads only the types it is told to trust, unlike pickle. Beyond its defaults, the
+# series' saved pipelines hold these (tests/test_models.py fails, naming the type, if a
+# library release renames one); a file that holds any other type is not loaded.
+SAVED_TYPES = {"helpers.exact_log", "helpers.KerasMLPRegressor", "numpy.dtype",
+               "sklearn.tree._tree.Tree",
+               "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"}
 
+
+def save_model(pipeline, folder, feature_set: str, songs: pd.DataFrame, residuals,
+               quick=False) -> Path:
+    """Save a fitted pipeline (skops.io) with what predict_streams needs: the feature set, what
+    a blank key meant, the reference date for song age, the cross-validated residuals (log10)
+    for intervals; `quick` marks a smoke-run model, never picked by default."""
+    import skops.io
+
+    folder = Path(folder)
+    with replacing(folder / "model.skops") as partial:
+        skops.io.dump(pipeline, partial)
+    steps = getattr(pipeline, "steps", [[type(pipeline).__name__]])  # a Pipeline's last step
+    info = {"feature_set": feature_set, "model": steps[-1][0],
+            "blank_key": "unknown" if (songs["key"] == "unknown").any() else "C",
+            "reference_date": str(songs["release_date"].max().date()), "quick": bool(quick),
+            "residuals": np.sort(np.round(np.asarray(residuals, dtype=float), 6)).tolist()}
+    with replacing(folder / "model.json") as partial:
+        partial.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    return folder
+
+
+def model_folder(inputs: str, model_dir=None) -> Path:
+    """The folder of the saved model predict_streams would use (DataError if none)."""
     if inputs not in MODEL_FOLDERS:
         raise ValueError(f"inputs={inputs!r}: choose 'full' or 'pre-release'.")
-    if model_dir is not None:
-        candidates = [Path(model_dir)]
-    else:  # the notebooks' default output, then the main job's (`make run`), never QUICK's
-        name = MODEL_FOLDERS[inputs]
-        candidates = [c for c in [resolve_run().models_dir / name,
-                                  BUILD_DIR / "run" / "models" / name] if not _is_quick_model(c)]
-    folder = next((c for c in candidates if (c / "model.joblib").is_file()), None)
-    if folder is None:
-        raise DataError(f"No saved {inputs} (non-QUICK) model found. Run notebook 06_results "
-                        "first (or the series with `make run`), or pass model_dir=.")
+    name = MODEL_FOLDERS[inputs]  # default: the notebooks' output, then `make run`'s
+    for folder in [Path(model_dir)] if model_dir is not None else [
+            resolve_run().models_dir / name, BUILD_DIR / "run" / "models" / name]:
+        info = folder / "model.json"
+        if (folder / "model.skops").is_file() and info.is_file() and (
+                model_dir is not None or not json.loads(info.read_text())["quick"]):
+            return folder
+    raise DataError(f"No saved {inputs} (non-QUICK) model found. Run notebook 06_results "
+                    "first (or the series with `make run`), or pass model_dir=.")
+
+
+def load_model(folder):
+    """A saved pipeline, read by skops.io trusting only SAVED_TYPES (DataError otherwise)."""
+    import skops.io
+
+    path = Path(folder) / "model.skops"
+    found = skops.io.get_untrusted_types(file=path)
+    if set(found) - SAVED_TYPES:
+        raise DataError(f"{path} holds types the series never saves "
+                        f"({', '.join(sorted(set(found) - SAVED_TYPES))}), so it is not loaded. "
+                        "Use a model made by this series (notebook 06 or `make run`).")
+    return skops.io.load(path, trusted=found)
+
+
+def predict_streams(frame: pd.DataFrame, model_dir=None, inputs="full", age_days=None,
+                    interval=None):
+    """Predicted total streams for rows in the raw file's schema (load_raw(path, target=False))
+    from a model notebook 06 saved (read with skops.io, trusting only the types the series
+    saves: see load_model).
+    - inputs="full": the final model, which needs the playlist and chart counts (known once a
+      song is out); "pre-release": the forecaster (audio, key, mode, artist count, release).
+    - The prediction is 10^(predicted log10 streams): a median, not a mean (notebook 06).
+    - Song age: the days from the release date to the model's reference date (the newest
+      release in its data; later releases are refused), or age_days=N for every row.
+    - interval=0.8: a DataFrame of predicted, lower and upper (a prediction interval from the
+      model's cross-validated residuals, coverage measured in notebook 06); else a Series.
+    Rows that clean() would drop or refuse are refused with one DataError naming each row."""
+    folder = model_folder(inputs, model_dir)
     if not isinstance(frame, pd.DataFrame) or frame.empty:
         raise DataError("predict_streams needs a non-empty DataFrame with the CSV's columns.")
+    if age_days is not None and not (_is_whole(age_days) and age_days >= 0):
+        raise ValueError(f"age_days={age_days!r}: a whole number of days, 0 or more.")
+    if interval is not None and not 0 < interval < 1:
+        raise ValueError(f"interval={interval!r}: a coverage between 0 and 1, e.g. 0.8.")
     info = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-    rows = prepare_rows(frame, info)
-    log10 = joblib.load(folder / "model.joblib").predict(rows[feature_columns(info["feature_set"])])
-    return pd.Series(10 ** np.asarray(log10, dtype="float64"), index=frame.index,
-                     name="predicted_streams")
+    rows = prepare_rows(frame, info, age_days)[feature_columns(info["feature_set"])]
+    log10 = np.asarray(load_model(folder).predict(rows), dtype=float)
+    predicted = pd.Series(10 ** log10, index=frame.index, name="predicted")
+    if interval is None:
+        return predicted
+    res = np.asarray(info["residuals"])  # split-conformal order statistics: each bound misses
+    n, alpha = len(res), 1 - interval  # at most alpha/2 of new songs like the training ones
+    low = res[max(int(np.floor((n + 1) * alpha / 2)) - 1, 0)]
+    high = res[min(int(np.ceil((n + 1) * (1 - alpha / 2))) - 1, n - 1)]
+    return pd.DataFrame({"predicted": predicted, "lower": 10 ** (log10 + low),
+                         "upper": 10 ** (log10 + high)}, index=frame.index)
 
 
-def prepare_rows(frame: pd.DataFrame, info: dict) -> pd.DataFrame:
+def prepare_rows(frame: pd.DataFrame, info: dict, age_days=None) -> pd.DataFrame:
     """Model inputs for new rows (raw schema, no target needed), parsed and checked as clean()
-    parses and checks them (parse_fields, row_problems). A row clean() would drop or refuse is
-    refused: one DataError lists every such row by its index label, with the reasons."""
+    does (parse_fields, row_problems), with song age (predict_streams); unusable rows are
+    refused: one DataError lists each by its index label."""
     inputs = feature_columns(info["feature_set"])
     needed = [c for c in REQUIRED_COLUMNS if c in inputs or c in DATE_COLUMNS]
     missing = [c for c in needed if c not in frame.columns]
@@ -1131,29 +1097,33 @@ def prepare_rows(frame: pd.DataFrame, info: dict) -> pd.DataFrame:
         raise DataError(f"Rows lack column(s) the model needs: {', '.join(missing)} (it uses "
                         f"the '{info['feature_set']}' feature set).{hint}")
     df, bad = parse_fields(frame[needed], info["blank_key"])
-    why = _refusals(frame[needed], df, bad)
+    reference = pd.Timestamp(info["reference_date"])
+    why = _refusals(frame[needed], df, bad, as_of=pd.Timestamp.max)
+    df["release_date"] = release_dates(df)
+    if age_days is None:
+        late = f"released after the model's reference date {reference:%Y-%m-%d} (the newest " \
+               "release in its data), so its age is unknown: pass age_days= for a given age"
+        why = why.mask((df["release_date"] > reference).to_numpy(),
+                       (why + "; " + late).str.removeprefix("; "))
     if why.any():
         refused = [f"row {label}: {text}" for label, text in why[why != ""].items()]
         more = [f"... and {len(refused) - 20} more"] if len(refused) > 20 else []
-        raise DataError(f"{len(refused)} of {len(frame)} row(s) refused; clean() would not use "
-                        "them either. Fix or remove them:\n  " + "\n  ".join(refused[:20] + more)
-                        + f"\n(keys: {', '.join(KEYS)}, blank: {info['blank_key']}; modes: "
-                        f"{', '.join(MODES)})")
-    df["release_date"] = release_dates(df)
-    reference = pd.Timestamp(info["reference_date"])  # later releases get age 0, as new songs
-    df["days_since_release"] = (reference - df["release_date"]).dt.days.clip(0)
+        raise DataError(f"{len(refused)} of {len(frame)} row(s) refused. Fix or remove them:\n  "
+                        + "\n  ".join(refused[:20] + more) + f"\n(keys: {', '.join(KEYS)}, "
+                        f"blank: {info['blank_key']}; modes: {', '.join(MODES)})")
+    df[AGE] = (reference - df["release_date"]).dt.days if age_days is None else age_days
     return add_features(typed_categories(df))
 
 
-def _refusals(raw: pd.DataFrame, parsed: pd.DataFrame, bad: dict) -> pd.Series:
+def _refusals(raw: pd.DataFrame, parsed: pd.DataFrame, bad: dict, as_of=None) -> pd.Series:
     """Per row, why clean() would not use it ('' if it would): a value that is no number, key or
-    mode; a missing value (a blank in_shazam_charts is imputed; a blank key means blank_key);
-    any rule of row_problems. Offending values are quoted."""
+    mode; a missing value (in_shazam_charts is imputed, a blank key means blank_key); a rule of
+    row_problems. Offending values are quoted."""
     invalid = {"key": "is not a key", "mode": "is not Major or Minor"}
     rules = {f"{c} {invalid.get(c, 'is not a number')}": m for c, m in bad.items()}
     rules |= {f"{c} is missing": parsed[c].isna() & ~bad[c]
               for c in parsed if c != "in_shazam_charts"}
-    rules |= row_problems(parsed).to_dict("series")
+    rules |= row_problems(parsed, as_of).to_dict("series")
     why = pd.Series("", index=raw.index, dtype="str")
     for rule, mask in rules.items():
         col = rule.split()[0]
@@ -1164,18 +1134,8 @@ def _refusals(raw: pd.DataFrame, parsed: pd.DataFrame, bad: dict) -> pd.Series:
 
 
 # ----------------------------------------------------------------------------------------------
-# Plots
+# Figures
 # ----------------------------------------------------------------------------------------------
-
-
-def use_plot_style() -> None:
-    """One look for every figure of the series (seaborn whitegrid, PNG-friendly size)."""
-    import matplotlib as mpl
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="notebook")
-    # 150 dpi: sharp at README width (about 900 px for a 9-inch figure shown at half size)
-    mpl.rcParams.update({"figure.figsize": (9, 4), "figure.dpi": 150, "savefig.dpi": 150})
 
 
 def _count_label(value: float) -> str:
@@ -1186,202 +1146,24 @@ def _count_label(value: float) -> str:
     return f"{value:.3g}"
 
 
-def streams_axis(axis, label="streams") -> None:
-    """Label a matplotlib axis that holds log10(streams) in streams: 10 M, 30 M, 100 M, ..."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter
-
+def log_axis(axis, label="streams", max_ticks=4) -> None:
+    """Label a matplotlib axis that holds log10 values: streams (10 M, 100 M, 1 B, with 3 × 10^k
+    between them where that leaves at most max_ticks ticks), or with a label that starts with
+    "actual ÷" a ratio (×0.3, ×1, ×3)."""
     lo, hi = axis.get_view_interval()
-    steps = (1, 3) if hi - lo < 3 else (1,)  # wider ranges: powers of ten only, legible
-    ticks = [np.log10(m * 10.0 ** e) for e in range(int(np.floor(lo)), int(np.ceil(hi)) + 1)
-             for m in steps if lo <= np.log10(m * 10.0 ** e) <= hi]
-    axis.set_major_locator(FixedLocator(ticks))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: _count_label(10 ** v)))
-    axis.set_label_text(f"{label} (log scale)")
-
-
-def ratio_axis(axis, label="actual ÷ predicted") -> None:
-    """Label an axis that holds a log10 ratio as factors: ×0.1, ×0.3, ×1, ×3, ×10."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter
-
-    lo, hi = axis.get_view_interval()
-    ticks = [t for t in np.log10([0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100]) if lo <= t <= hi]
-    axis.set_major_locator(FixedLocator(ticks))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"×{10 ** v:.2g}"))
+    ratio = label.startswith("actual ÷")
+    for steps in [(1, 3), (1,)]:
+        ticks = [t for e in range(int(np.floor(lo)), int(np.ceil(hi)) + 1)
+                 for t in np.log10(np.array(steps) * 10.0 ** e) if lo <= t <= hi]
+        if len(ticks) <= max_ticks or ratio:
+            break
+    axis.set_major_locator(FixedLocator(ticks[::-(-len(ticks) // max_ticks) or 1]))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"×{10 ** v:.2g}" if ratio
+                                           else _count_label(10 ** v)))
     axis.set_label_text(f"{label} (log scale)")
 
 
 def save_figure(fig, run: Run, name: str) -> None:
     """Save a figure as PNG in the run's figures folder (the README shows the committed ones)."""
-    with replacing(run.figures_dir / f"{name}.png") as partial:  # no version stamp below:
-        fig.savefig(partial, metadata={"Software": None})  # the same bytes every run
-
-
-def plot_target_distribution(streams: pd.Series):
-    """Histogram of streams on a linear and on a log10 scale, side by side."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2)
-    axes[0].hist(streams / 1e9, bins=40)
-    axes[0].set(xlabel="streams (billions)", ylabel="tracks", title="as counted")
-    axes[1].hist(np.log10(streams), bins=40)
-    axes[1].set(title="log scale")
-    streams_axis(axes[1].xaxis)
-    fig.tight_layout()
-    return fig
-
-
-def plot_against_target(df: pd.DataFrame, columns, log_x=False, ncols=4):
-    """Scatter of log10(streams) against each column, one small panel per column."""
-    import matplotlib.pyplot as plt
-
-    nrows = -(-len(columns) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(12, 2.6 * nrows), sharey=True, squeeze=False)
-    y = log_streams(df)
-    for ax, col in zip(axes.flat, columns):
-        x = np.log10(1 + df[col]) if log_x else df[col]
-        ax.scatter(x, y, s=5, alpha=0.4)
-        ax.set_xlabel(f"log10(1 + {col})" if log_x else col, fontsize=9)
-    for ax in axes.flat[len(columns):]:
-        ax.set_visible(False)
-    for ax in axes[:, 0]:
-        streams_axis(ax.yaxis)
-    fig.tight_layout()
-    return fig
-
-
-def plot_cv_scores(summary: pd.DataFrame, metric="r2"):
-    """Bar chart of mean CV score (± one std across folds) per model and feature set."""
-    import matplotlib.pyplot as plt
-
-    models = list(dict.fromkeys(summary["model"]))
-    sets = list(dict.fromkeys(summary["feature_set"]))
-    fig, ax = plt.subplots()
-    width = 0.8 / len(models)
-    for i, model in enumerate(models):
-        part = summary[summary["model"] == model].set_index("feature_set").reindex(sets)
-        ax.bar(np.arange(len(sets)) + i * width, part[f"{metric}_mean"], width,
-               yerr=part[f"{metric}_std"], capsize=3, label=model)
-    ax.set_xticks(np.arange(len(sets)) + width * (len(models) - 1) / 2, sets)
-    ax.set(ylabel=f"CV {metric.replace('r2', 'R²')} (log10 streams)", xlabel="feature set")
-    ax.axhline(0, color="black", lw=0.8)
-    ax.legend(ncol=min(len(models), 4), fontsize=8, loc="upper left")  # fixed: "best" jumps
-    fig.tight_layout()
-    return fig
-
-
-def plot_coefficients(coefs: pd.Series, title=""):
-    """Horizontal bars of model coefficients (standardized inputs), largest magnitude on top."""
-    import matplotlib.pyplot as plt
-
-    coefs = coefs.reindex(coefs.abs().sort_values().index)
-    fig, ax = plt.subplots(figsize=(8, 0.25 * len(coefs) + 1))
-    ax.barh(coefs.index, coefs.values, color=np.where(coefs.values > 0, "tab:blue", "tab:red"))
-    ax.set(xlabel="coefficient (change in log10 streams per std of input)", title=title)
-    fig.tight_layout()
-    return fig
-
-
-def knob_effects(table: pd.DataFrame, splits, params=tuple(SEED_GRID)) -> pd.DataFrame:
-    """Per hyperparameter of a search table (cv_results_ with split<k>_test_score columns):
-    the paired effect of moving it from its lower to its higher value, between configurations
-    equal in every other knob: per fold, the mean difference over those matched pairs, then
-    paired_difference over the folds; and how many matched pairs the higher value wins."""
-    folds = list(table.filter(regex=r"^split\d+_test_score$").columns)
-    rows = []
-    for p in [p for p in params if table[p].nunique() == 2]:
-        low, high = sorted(table[p].unique())
-        others = [q for q in params if q != p]
-        a, b = (table[table[p] == v].set_index(others).sort_index() for v in (high, low))
-        pairs = a["mean_test_score"] - b["mean_test_score"]
-        rows.append({"knob": p, "change": f"{low:g} → {high:g}",
-                     **paired_difference((a[folds] - b[folds]).mean(), 0, splits),
-                     "pairs_won": f"{(pairs > 0).sum()} of {len(pairs)}"})
-    columns = ["knob", "change", "r2_difference", "r2_difference_se", "folds_won", "pairs_won"]
-    return pd.DataFrame(rows, columns=columns).set_index("knob")
-
-
-def plot_knob_effects(table: pd.DataFrame, params=tuple(SEED_GRID)):
-    """One panel per hyperparameter: every configuration's CV R² at each value, with the mean."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(params), figsize=(12, 3), sharey=True)
-    for ax, p in zip(axes, params):
-        values = sorted(table[p].unique())
-        for i, v in enumerate(values):
-            scores = table.loc[table[p] == v, "mean_test_score"]
-            ax.scatter(np.full(len(scores), i), scores, s=12, alpha=0.6)
-            ax.hlines(scores.mean(), i - 0.3, i + 0.3, color="black")
-        ax.set_xticks(range(len(values)), [str(v) for v in values])
-        ax.set_xlim(-0.6, len(values) - 0.4)
-        ax.set_xlabel(p)
-    axes[0].set_ylabel("mean CV R²")
-    fig.tight_layout()
-    return fig
-
-
-def plot_interactions(table: pd.DataFrame, pairs):
-    """Heatmaps of mean CV R² for pairs of hyperparameters (averaged over the other knobs), on
-    one colour scale with one colorbar."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    grids = [table.pivot_table(index=a, columns=b, values="mean_test_score") for a, b in pairs]
-    scale = {"vmin": min(g.min().min() for g in grids), "vmax": max(g.max().max() for g in grids)}
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4.4 * len(pairs), 3), squeeze=False)
-    for i, (ax, grid) in enumerate(zip(axes.flat, grids)):
-        sns.heatmap(grid, annot=True, fmt=".3f", cmap="viridis", **scale, ax=ax,
-                    cbar=i == len(grids) - 1, cbar_kws={"label": "mean CV R²"})
-    fig.tight_layout()
-    return fig
-
-
-def plot_prediction_errors(y_true, predictions: dict, kind="actual_vs_predicted"):
-    """scikit-learn's PredictionErrorDisplay per model, on log10 streams labelled in streams:
-    predicted against actual, or (kind="residual_vs_predicted") actual ÷ predicted against the
-    prediction (against the actual value, residuals slope for any R² below 1)."""
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import PredictionErrorDisplay
-
-    fig, axes = plt.subplots(1, len(predictions), figsize=(4 * len(predictions), 3.8),
-                             squeeze=False)  # the display sets equal axes itself
-    for ax, (label, pred) in zip(axes.flat, predictions.items()):
-        PredictionErrorDisplay.from_predictions(y_true, pred, kind=kind, ax=ax, subsample=None,
-                                                scatter_kwargs={"s": 8, "alpha": 0.5})
-        ax.set_title(label)
-        streams_axis(ax.xaxis, "predicted streams")
-        if kind == "actual_vs_predicted":
-            streams_axis(ax.yaxis, "actual streams")
-        else:
-            ratio_axis(ax.yaxis, "actual ÷ predicted")
-    fig.tight_layout()
-    return fig
-
-
-def plot_importance(importances: dict, base_r2: dict, rows=None):
-    """Permutation importance (drop in test R² when a column is shuffled, ± sd over repeats):
-    one row of panels per model (or per rows[model], to share a row), one column per feature
-    set (empty where no model of the row ran), each column on one x-scale; each title gives
-    the model's own test R², without which a drop cannot be read."""
-    import matplotlib.pyplot as plt
-
-    rows = rows or {}
-    labels = list(dict.fromkeys(rows.get(m, m) for m, _ in importances))
-    sets = list(dict.fromkeys(fs for _, fs in importances))
-    fig, axes = plt.subplots(len(labels), len(sets), figsize=(4.2 * len(sets), 3.4 * len(labels)),
-                             sharex="col", squeeze=False)
-    for ax in axes.flat:
-        ax.set_visible(False)
-    for (model, fs), imp in importances.items():
-        ax = axes[labels.index(rows.get(model, model)), sets.index(fs)]
-        ax.set_visible(True)
-        imp = imp.head(8).iloc[::-1]
-        ax.barh(imp["feature"], imp["r2_drop"], xerr=imp["r2_drop_std"], capsize=2)
-        ax.axvline(0, color="black", lw=0.8)
-        ax.set_title(f"{model}, {fs}: test R² {base_r2[model, fs]:.2f}", fontsize=10)
-        ax.tick_params(axis="y", labelsize=8)
-    for column in axes.T:  # the lowest panel drawn in each column carries the x-axis
-        lowest = [ax for ax in column if ax.get_visible()][-1]
-        lowest.set_xlabel("drop in test R² when shuffled")
-        lowest.tick_params(axis="x", labelbottom=True)
-    fig.tight_layout()
-    return fig
+    with replacing(run.figures_dir / f"{name}.png") as partial:  # no version stamp: the same
+        fig.savefig(partial, metadata={"Software": None})  # bytes every run

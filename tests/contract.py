@@ -1,17 +1,14 @@
 """The reproducibility contract: one rule for everything the notebooks write or print.
 
-numpy (NPY_DISABLE_CPU_FEATURES), OpenBLAS (OPENBLAS_CORETYPE) and oneDNN under TensorFlow
-(ONEDNN_MAX_CPU_ISA) choose their kernels by the CPU, so a float's last bits depend on the
-machine, and seeded fits amplify them. So (docs/reproducibility.md has the whole story):
+numpy, OpenBLAS and oneDNN choose their kernels by the CPU, so a float's last bits depend on
+the machine and seeded fits amplify them (docs/reproducibility.md). So:
 
 * exact: structure (keys and their order, rows, row counts, output kinds), every str, int,
   bool and None; in printed text every number without a decimal point (a count: 397, 30%,
   1,234, 2023-07-14); and the configuration tables of CHOICES, floats included;
 * every float within one tolerance T: |fresh - committed| <= T * max(1, |committed|), plus
   one unit of the last printed digit for a printed float; figures within one RMS tolerance;
-* UNSTABLE tables: numbers not compared raw; a stable summary of them is, under the rule.
-
-T and the image tolerance come from reports/drift.json (scripts/measure_drift.py).
+* UNSTABLE tables: compared through a stable summary. T: reports/drift.json (make drift).
 """
 
 from __future__ import annotations
@@ -58,11 +55,20 @@ def grid_summary(rows) -> dict:
     return out
 
 
-# (file, top-level key) -> summary function. For such a table the numbers are not compared
-# raw (rank_test_score included: it follows from the chaotic scores); its structure and
-# strings are, and summary(committed table) is compared with summary(fresh table) under the
-# rule. To add one: a function of the table that returns a stable JSON-like summary.
-UNSTABLE = {("05_grid.json", "grid"): grid_summary}
+def knob_summary(rows) -> dict:
+    """05's knob effects: per knob (and learning rate) the effect and the verdict, not what
+    comes from single-fold scores (standard errors, p-values, folds or pairs won)."""
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return {}
+    return {f"{r.get('learning_rate', 'all')}/{r.get('knob')}": {
+        k: r[k] for k in ("difference", "verdict") if k in r} for r in rows}
+
+
+# (file, top-level key) -> a function of the table returning a stable JSON-like summary: no
+# value of the table is compared raw, its structure is, and its summary under the rule.
+UNSTABLE = {("05_grid.json", "grid"): grid_summary,
+            ("05_grid.json", "knob_effects"): knob_summary,
+            ("05_grid.json", "knob_effects_by_learning_rate"): knob_summary}
 
 
 def round_up_125(x: float) -> float:
@@ -141,7 +147,7 @@ def walk(committed, fresh, path: str = "", name: str = "", exact: bool = False,
             yield Item(f"{path} (row count)", len(committed), len(fresh), "structure")
         for i, (a, b) in enumerate(zip(committed, fresh)):
             yield from walk(a, b, f"{path}[{_row_label(a, i)}]", name, exact, unstable)
-    elif unstable and _is_number(committed) and _is_number(fresh):
+    elif unstable:
         yield Item(path, committed, fresh, "unstable")
     else:
         yield Item(path, committed, fresh,
@@ -402,8 +408,7 @@ X86_LEVEL = re.compile(r"X86_V\d")
 
 
 def simd_extensions() -> dict:
-    """numpy's public report of its SIMD dispatch: {"baseline": [...], "found": [...],
-    "not found": [...]} (as np.show_runtime() prints it)."""
+    """numpy's public report of its SIMD dispatch (as np.show_runtime() prints it)."""
     import numpy
 
     return numpy.show_config(mode="dicts")["SIMD Extensions"]

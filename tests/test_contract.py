@@ -90,6 +90,11 @@ def test_unstable_table_is_compared_through_its_summary():
     fewer = changed(committed, lambda d: d["grid"].pop())
     assert any("grid (row count): structure differs: committed 4, fresh 3" in m
                for m in contract.compare_metrics("05_grid.json", committed, fewer, RULE))
+    knobs = {"knob_effects": [{"knob": "epochs", "difference": -0.004, "se": 0.006,
+                               "folds_won": "2 of 5", "verdict": "not shown"}]}
+    for edit, fails in [({"se": 0.012, "folds_won": "1 of 5"}, False), ({"verdict": "real"}, True)]:
+        fresh = changed(knobs, lambda d, e=edit: d["knob_effects"][0].update(e))
+        assert bool(contract.compare_metrics("05_grid.json", knobs, fresh, RULE)) == fails
 
 
 # --- The rule on printed text -------------------------------------------------------------

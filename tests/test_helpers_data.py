@@ -309,25 +309,24 @@ def test_clean_does_not_change_its_input(tmp_path):
     pd.testing.assert_frame_equal(raw, copy)
 
 
-def test_save_and_load_clean_round_trip(tmp_path, sample_clean):
-    path = helpers.save_clean(sample_clean, tmp_path / "processed" / "clean.csv")
-    back = helpers.load_clean(path)
-    pd.testing.assert_frame_equal(back, sample_clean.data, check_dtype=False)
+def test_load_songs_reads_what_save_clean_wrote(tmp_path, sample_clean):
+    run = helpers.resolve_run(helpers.SAMPLE_DATA, tmp_path)
+    helpers.save_clean(sample_clean, run.processed_path)
+    back = helpers.load_songs(run)
+    pd.testing.assert_frame_equal(back.drop(columns="release_weekday"), sample_clean.data,
+                                  check_dtype=False)
     assert back["key"].dtype == sample_clean.data["key"].dtype
+    assert back["release_weekday"].notna().all()
 
 
-def test_load_clean_names_the_notebook_to_run(tmp_path):
-    with pytest.raises(DataError, match="02_cleaning"):
-        helpers.load_clean(tmp_path / "nothing.csv")
-
-
-def test_load_clean_rebuilds_missing_cleaned_data_and_says_so(tmp_path, sample_clean, capsys):
+def test_load_songs_rebuilds_missing_cleaned_data_and_says_so(tmp_path, sample_clean, capsys):
     """A notebook opened alone (no 02 before it) rebuilds the cleaned table as 02 does."""
-    path = tmp_path / "processed" / "clean.csv"
-    songs = helpers.load_clean(path, rebuild_from=helpers.SAMPLE_DATA)
-    assert "Cleaned data not found" in capsys.readouterr().out and path.is_file()
-    pd.testing.assert_frame_equal(songs, sample_clean.data, check_dtype=False)
-    helpers.load_clean(path, rebuild_from=helpers.SAMPLE_DATA)
+    run = helpers.resolve_run(helpers.SAMPLE_DATA, tmp_path)
+    songs = helpers.load_songs(run)
+    assert "Cleaned data not found" in capsys.readouterr().out and run.processed_path.is_file()
+    pd.testing.assert_frame_equal(songs.drop(columns="release_weekday"), sample_clean.data,
+                                  check_dtype=False)
+    helpers.load_songs(run)
     assert capsys.readouterr().out == ""  # present: read, not rebuilt
 
 

@@ -37,7 +37,7 @@ def sample_data():
 def test_01_period_table_works_for_any_subset(sample_data, years, absent):
     """The first 56 rows of the real file hold no release before 2001: KeyError '≤2000'."""
     subset = sample_data[sample_data["released_year"].between(*years)]
-    namespace, printed = run_cells("01_eda.ipynb", ["01-030", "01-031"], data=subset)
+    namespace, printed = run_cells("01_eda.ipynb", ["01-32", "01-33"], data=subset)
     assert absent not in namespace["summary"].index.tolist()
     assert namespace["summary"]["count"].sum() == len(subset)
     assert "no songs" in printed
@@ -46,7 +46,7 @@ def test_01_period_table_works_for_any_subset(sample_data, years, absent):
 def test_01_period_table_counts_every_song(sample_data):
     """Releases after the last labelled year get their own row instead of vanishing."""
     later = sample_data.assign(released_year=sample_data["released_year"].replace(2023, 2025))
-    namespace, _ = run_cells("01_eda.ipynb", ["01-030", "01-031"], data=later)
+    namespace, _ = run_cells("01_eda.ipynb", ["01-32", "01-33"], data=later)
     assert namespace["summary"]["count"].sum() == len(later)
     assert "after 2023" in namespace["summary"].index.tolist()
 
@@ -55,15 +55,18 @@ NOTEBOOKS = sorted(p.name for p in (helpers.ROOT / "notebooks").glob("[0-9][0-9]
 
 
 def parameter_cell_and_check(notebook: str):
-    """The notebook's parameters cell, and the check_parameters call of its setup code."""
+    """The notebook's parameters cell, and the setup_notebook call of its setup code, as a
+    check_parameters call with the same arguments (setup_notebook checks them first)."""
     import ast
 
     nb = json.loads((helpers.ROOT / "notebooks" / notebook).read_text(encoding="utf-8"))
     cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
     parameters = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
     setup = ast.parse("".join(cells[cells.index(parameters) + 1]["source"]))
-    call = next(node for node in setup.body if isinstance(node, ast.Expr)
-                and getattr(node.value.func, "id", "") == "check_parameters")
+    call = next(node.value for node in setup.body if isinstance(node, ast.Assign)
+                and getattr(node.value, "func", None) is not None
+                and getattr(node.value.func, "id", "") == "setup_notebook")
+    call.func.id = "check_parameters"
     return "".join(parameters["source"]), ast.unparse(call)
 
 
@@ -80,9 +83,9 @@ def test_every_notebook_checks_all_its_parameters(notebook):
         exec(check, namespace)
 
 
-
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
 def test_every_notebook_keeps_quick_runs_out_of_reports(notebook):
     nb = json.loads((helpers.ROOT / "notebooks" / notebook).read_text(encoding="utf-8"))
     setup = "".join(nb["cells"][2]["source"])
-    assert "resolve_run(DATA_PATH, OUTPUT_DIR, quick=QUICK)" in setup
+    assert "setup_notebook(DATA_PATH=DATA_PATH, OUTPUT_DIR=OUTPUT_DIR, SEED=SEED, QUICK=QUICK" \
+        in setup

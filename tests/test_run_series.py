@@ -403,9 +403,11 @@ def test_jobs_reach_only_the_notebooks_that_declare_n_jobs(run_series, tmp_path)
 
 
 BAR_CELL = ("import sys, time\n"
-            "from helpers import progress\n"
+            "from tqdm import tqdm\n"
+            "from helpers import BAR_FORMAT\n"
             "print('a warning from the kernel', file=sys.stderr)\n"
-            "for _ in progress(range(30), 'inner work', unit='steps'):\n"
+            "for _ in tqdm(range(30), 'inner work', unit='steps', bar_format=BAR_FORMAT,\n"
+            "              ncols=100):\n"
             "    time.sleep(0.02)")
 FINAL_BAR = "inner work: 100%|██████████| 30/30 steps"
 
@@ -413,7 +415,7 @@ FINAL_BAR = "inner work: 100%|██████████| 30/30 steps"
 def test_a_cells_bar_reaches_the_console_and_the_notebook_as_one_line(run_series, tmp_path,
                                                                       csv_file, monkeypatch,
                                                                       capsys, folder):
-    """helpers.progress in a cell: off a terminal the console gets the bar's final line once
+    """A tqdm bar in a cell: off a terminal the console gets the bar's final line once
     (no \\r updates); the executed notebook keeps that line only; other kernel stderr stays
     in the notebook, as before."""
     stub_helpers(monkeypatch, tmp_path)
