@@ -16,12 +16,13 @@ QUICK_OUT ?= build/quick
 RUN_ARGS = $(if $(DATA),--data "$(DATA)") --output "$(OUT)"
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run quick test test-fast refresh-notebooks readme bench drift lab clean
+.PHONY: help venv run quick predict test test-fast refresh-notebooks readme bench drift lab clean
 
 help:
 	@echo "make venv               create/refresh .venv (pinned requirements + editable helpers)"
 	@echo "make run                run all notebooks -> $(OUT)/ (options: DATA=file.csv OUT=dir)"
 	@echo "make quick              same as run, fast smoke settings (--quick) -> $(QUICK_OUT)/"
+	@echo "make predict DATA=new.csv  predicted streams for new songs (ARGS='--inputs pre-release --age-days 30 --interval 0.8 -o out.csv')"
 	@echo "make test               ruff check + pytest (unit tests and nbval on notebooks/)"
 	@echo "make test-fast          development tier: ruff + unit tests (no nbval, no smoke run)"
 	@echo "make refresh-notebooks  maintainer: re-execute notebooks/ in place on the real data file"
@@ -47,6 +48,11 @@ run: venv
 # Smoke runs go to their own folder, never over a full run's outputs (build/run).
 quick: venv
 	$(BIN)/python scripts/run_series.py $(if $(DATA),--data "$(DATA)") --output "$(QUICK_OUT)" --quick
+
+# scripts/predict.py --help says more; it loads (unpickles) the series' saved models.
+predict: venv
+	@test -n "$(DATA)" || { echo "make predict needs DATA=path/to/new_songs.csv" >&2; exit 2; }
+	$(BIN)/python scripts/predict.py "$(DATA)" $(ARGS)
 
 test: venv
 	$(BIN)/python -m ruff check .
