@@ -10,14 +10,11 @@ level below this CPU's own, e.g. numpy-X86_V2); openblas-<core type> (OPENBLAS_C
 default Sandybridge); onednn-<ISA> (ONEDNN_MAX_CPU_ISA; default AVX and SSE41); seed<N>
 (native with another seed, default seed43: what a real change looks like).
 
-A probe checks before each run that numpy and OpenBLAS really use the emulated kernels. Each
-emulated run is compared with native under the rule of tests/contract.py: T = the 1-2-5 step
-at or above SAFETY x the largest normalized float drift; the image tolerance likewise from
-the largest figure RMS. Every exact value that moves (a tuned configuration, the refit
-choice, the forecaster's model, a count, a row) and every notebook cell that breaks the rule
-under the new T is a FAILED CHECK: choices must hold on any CPU. T must stay below the
-typical change another seed makes (else a warning). With --only the measurement is partial
-(written to <out>/drift.json unless --write says). Exit: 0 ok, 1 a run or check failed, 2 usage.
+A probe first checks that numpy and OpenBLAS really use the emulated kernels. Each emulated
+run is compared with native under tests/contract.py's rule: T = the 1-2-5 step at or above
+SAFETY x the largest normalized float drift (the image tolerance likewise). Any exact value
+that moves (a choice, a count, a row) or cell that breaks the rule is a FAILED CHECK; T must
+stay below another seed's typical change (else a warning). Exit: 0 ok, 1 failed, 2 usage.
 """
 
 from __future__ import annotations

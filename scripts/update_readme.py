@@ -31,9 +31,10 @@ def results_block(results: dict) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|---" + "|--:" * (len(columns) - 1) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     tuned = ", ".join(f"{k} {v}" for k, v in results.get("tuned", {}).items())
-    lines += ["", f"Test R² on log10(streams) [95 % bootstrap interval] of the {results['n_test']} "
-              f"held-out songs, by artists never seen in training ({results['n_train']} songs "
-              "for training and cross-validation); —: not run on that feature set. "
+    lines += ["", f"Test R² on log10(streams) of the {results['n_test']} held-out songs by "
+              f"{results.get('n_test_artists', 'their')} artists never seen in training "
+              f"({results['n_train']} songs for training and cross-validation), with a 95 % "
+              "interval from resampling those artists; —: not run on that feature set. "
               + (f"Tuned MLP: notebook 05's grid ({tuned}). " if tuned else "")
               + "hgb / rf tuned: notebook 05's searches per feature set; hgb: scikit-learn's "
               "defaults. Typical error: 10^(median |log10 error|), the factor within which half "
@@ -44,21 +45,45 @@ def results_block(results: dict) -> str:
 
 
 def quality_bar(results: dict) -> str:
-    """The quality-bar sentence, from 06's paired per-fold differences (full feature set)."""
+    """The quality-bar sentence and the final model, from 06's paired comparisons (full set;
+    the corrected resampled t-test, Holm-corrected over the notebook's family)."""
     paired = {r["comparison"]: r for r in results["paired"] if r["feature_set"] == "full"}
 
-    def judged(name, beaten, not_beaten):
+    def judged(name):
         row = paired[name]
-        d, se = row["r2_difference"], row["r2_difference_se"]
-        verdict = (beaten if d > 2 * se else not_beaten if d < -2 * se
-                   else "is within noise of")
-        return f"{verdict} {name.split(' − ')[1]} ({d:+.3f} ± {se:.3f} R², {d / se:+.1f} SE)"
+        d = row["difference"]
+        verdict = ("beats" if d > 0 else "falls short of") if row["verdict"] == "real" else \
+            "is not shown to differ from"
+        return (f"{verdict} {name.split(' − ')[1]} ({d:+.3f} R² [{row['ci_low']:+.3f}, "
+                f"{row['ci_high']:+.3f}], p = {row['p_value']:.3f})")
 
-    return ("Quality bar (full set; paired differences over the CV folds ± standard error, "
-            "beyond 2 SE counts): the tuned MLP "
-            + judged("tuned MLP − linear", "beats", "falls short of") + " and "
-            + judged("tuned MLP − hgb tuned", "beats", "falls short of") + "; the ensemble "
-            + judged("ensemble − hgb tuned", "beats", "falls short of") + ".")
+    final = results.get("final_model")
+    return ("Quality bar (full set; paired differences over the 15 CV folds with their 95 % "
+            "t intervals, Holm-corrected): the tuned MLP " + judged("tuned MLP − linear")
+            + " and " + judged("tuned MLP − hgb tuned") + "; the ensemble "
+            + judged("ensemble − hgb tuned") + "."
+            + (f" The final model, chosen by the best CV score: {final}; the pre-release "
+               f"forecaster: {results['forecaster']}." if final else ""))
+
+
+def forecast_block(results: dict) -> str:
+    """The measured coverage and median width of the saved models' prediction intervals."""
+    if not results.get("coverage"):
+        return "The prediction intervals have not been measured yet (notebook 06)."
+    names = {"final": f"final model ({results.get('final_model')}, full set)",
+             "pre-release": f"forecaster ({results.get('forecaster')}, pre-release)"}
+    lines = ["| model | interval | share of test songs inside | median width (upper ÷ lower) |",
+             "|---|--:|--:|--:|"]
+    lines += [f"| {names.get(r['model'], r['model'])} | {r['interval']} | "
+              f"{r['coverage on the test set']:.0%} | ×{r['median width (upper ÷ lower)']:.1f} |"
+              for r in results["coverage"]]
+    headline = {(r["model"], r["feature_set"]): r for r in results["headline"]}
+    forecaster = headline.get((results.get("forecaster"), "pre-release"))
+    if forecaster:
+        lines += ["", f"The forecaster's test R² is {forecaster['r2']:.3f} "
+                  f"[{forecaster['r2_low']:.2f}, {forecaster['r2_high']:.2f}]; its typical "
+                  f"error ×{forecaster['median_factor']:.2f}."]
+    return "\n".join(lines)
 
 
 def performance_block(bench: dict) -> str:
@@ -74,16 +99,20 @@ def performance_block(bench: dict) -> str:
         "",
         "| what | figure | goal |",
         "|---|---|---|",
-        f"| one 100-epoch fit, the seed's plain `model.fit` | {show('naive_fit_s', '{:.2f} s')} "
-        "| |",
+        "| one 100-epoch fit, the original report's plain `model.fit` | "
+        f"{show('naive_fit_s', '{:.2f} s')} | |",
         "| one 100-epoch fit, the project's Keras path (`make_mlp`) | "
         f"{show('fast_fit_s', '{:.2f} s')} | |",
         f"| speed-up per fit | {show('speedup_single', '× {:.1f}')} | ≥ × 10 |",
-        "| seed grid, 32 configs × 5 folds, `GridSearchCV` on 2 processes | "
+        "| the original grid, 32 configs × 5 folds, `GridSearchCV` on 2 processes | "
         f"{show('grid_s', '{:.0f} s')} | ≤ 60 s |",
-        "| the same grid the seed's way, one fit after another (estimate) | "
+        "| the same grid the original way, one fit after another (estimate) | "
         f"{show('naive_grid_s', '{:.0f} s')} | |",
         f"| speed-up of the grid | {show('speedup_grid', '× {:.1f}')} | ≥ × 25 |",
+        f"| Keras's own training step, warmed model | {show('step_ms', '{:.2f} ms')} | |",
+        "| the grid's floor: its training steps × one step ÷ 2 processes | "
+        f"{show('grid_floor_s', '{:.0f} s')} | |",
+        f"| the grid as a multiple of its floor | {show('grid_over_floor', '× {:.2f}')} | |",
         f"| whole series under papermill | {show('series_s', '{:.0f} s')} | ≤ 240 s |",
         "| peak memory of the series (largest kernel) | "
         f"{show('peak_memory_mb', '{:.0f} MB')} | ≤ 2048 MB |",
@@ -108,43 +137,18 @@ def runtime_block(bench: dict) -> str:
 
 
 def contract_block(drift: dict) -> str:
-    """Markdown table of the reproducibility contract: per metric category the largest drift
-    seen across emulated CPUs, the typical change from another seed, and the tolerance."""
-    def show(value, relative=False):
-        if value is None:
-            return "–"
-        return f"{value:.2%}" if relative else f"{value:.2g}"
+    """The reproducibility contract's measured figures: scripts/measure_drift.py renders them
+    (make drift writes the same block when it measures)."""
+    from measure_drift import contract_block as render
 
-    lines = ["| category | what it covers | max drift across emulated CPUs "
-             "| other seed (typical) | tolerance |", "|---|---|---|---|---|"]
-    for name, entry in drift["categories"].items():
-        rel = entry.get("relative", False)
-        covers = entry["covers"].replace("|", "\\|")
-        lines.append(f"| {name} | {covers} | {show(entry['cpu_max'], rel)} | "
-                     f"{show(entry['other_seed_median'], rel)} | "
-                     f"{show(entry['tolerance'], rel)} |")
-    image = drift["image"]
-    lines.append(f"| figures (TF) | {image['what']} | {show(image['cpu_max'])} | "
-                 f"{show(image['other_seed_median'])} | {show(image['tolerance'])} |")
-    targets = ", ".join(label for label, run in drift["runs"].items()
-                        if run.get("onednn_max_cpu_isa", "native") != "native")
-    exact = drift["scikit_learn_exact"]
-    seeded = any(run.get("seed", 42) != 42 for run in drift["runs"].values())
-    lines += ["", f"Measured by `make drift` on {drift['host']} ({drift['date']}): the series "
-              f"natively and with oneDNN's matrix kernels capped at older CPUs' instruction sets "
-              f"({targets}, `ONEDNN_MAX_CPU_ISA`)"
-              f"{', and once with another seed' if seeded else ' (no other-seed run this time)'}"
-              f". Tolerance = max(floor, {drift['safety']} × CPU drift), rounded up to a "
-              "1-2-5 step; relative for median_factor. scikit-learn results: "
-              f"{exact['values_compared']} values compared across CPU targets, "
-              f"{exact['values_differed']} differed (they are compared exactly)."]
-    return "\n".join(lines)
+    return render(drift)
 
 
 # name: (the page it lives in, the report it is generated from, relative to reports/, and
 # the function that renders it)
 BLOCKS = {
     "results": ("README.md", "metrics/06_results.json", results_block),
+    "forecast": ("README.md", "metrics/06_results.json", forecast_block),
     "runtime": ("README.md", "benchmark.json", runtime_block),
     "performance": ("docs/performance.md", "benchmark.json", performance_block),
     "contract": ("docs/reproducibility.md", "drift.json", contract_block),

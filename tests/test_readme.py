@@ -103,5 +103,6 @@ def test_prediction_example_reads_a_file_that_is_not_utf8(tmp_path, monkeypatch)
                         lambda rows, **options: received.append((rows, options)))
     monkeypatch.chdir(tmp_path)
     exec(example, {})
-    assert [options for _, options in received] == [{}, {"inputs": "pre-release"}]
+    assert [options for _, options in received] == [
+        {"interval": 0.8}, {"inputs": "pre-release", "age_days": 365}]
     assert all(len(rows) == len(frame) and "streams" not in rows for rows, _ in received)
