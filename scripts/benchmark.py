@@ -88,7 +88,7 @@ def measure_fits(train) -> dict:
     import helpers
 
     X_df, y = train[helpers.feature_columns("full")], helpers.log_streams(train)
-    X = helpers.make_preprocessor("full").fit_transform(X_df).to_numpy(np.float32)
+    X = helpers.make_preprocessor("full").fit_transform(X_df).astype(np.float32)
     y_std = ((y - y.mean()) / y.std()).astype(np.float32)
     progress(f"naive fit (model.fit, {X.shape[0]} rows x {X.shape[1]} inputs): "
              f"1 warm-up + {REPEATS} timed")
@@ -125,7 +125,7 @@ def measure_step(X, y, train) -> dict:
 
     def steps(n):
         data = tf.data.Dataset.from_tensor_slices((X, y[:, None])).repeat().batch(32).take(n)
-        model.fit(data, epochs=1, verbose=0)
+        model.fit(data, epochs=1, verbose=0, shuffle=False)
 
     steps(512)  # traces the training step
     step_ms = statistics.median(timed(lambda: steps(1800)) for _ in range(REPEATS)) / 1.8

@@ -105,3 +105,31 @@ def test_report_feeds_the_readme_generator(bench):
 def test_machine_string(bench):
     text = bench.machine()
     assert re.match(r"\d+-core .+, \d+ GiB RAM, Python 3\.\d+, TensorFlow \d+\.\d+$", text)
+
+
+def test_the_measurements_run_on_the_project_api(bench, monkeypatch):
+    """measure_fits and measure_step against the real helpers (short fits, no timing claims):
+    a change of the project's API (e.g. the preprocessor's output type) fails here, not
+    half-way through a 30-minute `make bench`."""
+    import numpy as np
+
+    import helpers
+
+    songs = helpers.add_features(helpers.clean(helpers.load_raw(helpers.SAMPLE_DATA)).data)
+    train, _ = helpers.split_train_test(songs)
+    seen, make_mlp = [], helpers.make_mlp
+
+    def naive_fit(X, y, epochs=100, batch_size=32):
+        assert isinstance(X, np.ndarray) and X.dtype == np.float32 and X.shape[0] == len(train)
+        seen.append(epochs)
+
+    monkeypatch.setattr(bench, "naive_fit", naive_fit)
+    monkeypatch.setattr(helpers, "make_mlp", lambda fs: make_mlp(fs, epochs=1))
+    monkeypatch.setattr(bench, "measure_step", lambda *_: {"step_ms": 0.5})
+    figures = bench.measure_fits(train)
+    assert seen == [100] * (bench.REPEATS + 1) + [20, 20]
+    assert figures["fast_fit_s"] > 0 and figures["naive_grid_s"] > 0 and figures["step_ms"] == 0.5
+    monkeypatch.undo()
+    X = helpers.make_preprocessor("full").fit_transform(train[helpers.feature_columns("full")])
+    step = bench.measure_step(X.astype(np.float32), np.zeros(len(X), np.float32), train)
+    assert step["step_ms"] > 0 and step["grid_steps"] > 10_000
