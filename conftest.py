@@ -194,8 +194,7 @@ def copy_committed_reports(source: Path = REPORTS, target: Path = FRESH_REPORTS)
 
 
 def report_differences(before: dict, after: dict, exact: bool = False, limit: int = 40) -> list:
-    """Messages for every committed report file that did not reproduce (at most `limit` per
-    file)."""
+    """Messages for each committed report file that did not reproduce (at most `limit` each)."""
     messages, the_contract = [], None if exact else contract.load_contract()
     for key in sorted(before.keys() | after.keys()):
         old, new = before.get(key), after.get(key)

@@ -997,7 +997,7 @@ MODEL_FOLDERS = {"full": "final", "pre-release": "pre-release"}  # notebook 06 s
 # series' saved pipelines hold these (tests/test_models.py fails, naming the type, if a
 # library release renames one); a file that holds any other type is not loaded.
 SAVED_TYPES = {"helpers.exact_log", "helpers.KerasMLPRegressor", "numpy.dtype",
-               "sklearn.tree._tree.Tree",
+               "sklearn.tree._tree.Tree", "sklearn.utils._bunch.Bunch",  # VotingRegressor's
                "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"}
 
 

@@ -128,8 +128,7 @@ def run_one(label: str, levels: list, args, number: int, total: int) -> bool:
 
 
 def compare_reports(reference: Path, other: Path) -> dict:
-    """Floats (normalized drift, where), unstable raw values, exact values that moved, and
-    figure RMS of one run against the reference run."""
+    """One run against the reference: floats' drift, UNSTABLE floats, moved values, figures."""
     found = {"floats": [], "unstable": [], "exact": [], "figures": []}
     for path in sorted((reference / "metrics").glob("*.json")):
         twin = other / "metrics" / path.name
@@ -142,9 +141,10 @@ def compare_reports(reference: Path, other: Path) -> dict:
             where = f"{path.name} {item.path}"
             if item.kind == "float":
                 found["floats"].append((contract.normalized(item.committed, item.fresh), where))
-            elif item.kind == "unstable":
-                found["unstable"].append((contract.normalized(item.committed, item.fresh),
-                                          path.name + " " + re.split(r"[.[]", item.path)[0]))
+            elif item.kind == "unstable":  # an UNSTABLE table's raw floats (not its text)
+                if contract.is_float_pair(item.committed, item.fresh):
+                    found["unstable"].append((contract.normalized(item.committed, item.fresh),
+                                              path.name + " " + re.split(r"[.[]", item.path)[0]))
             elif not contract.same(item.committed, item.fresh):
                 found["exact"].append(f"{where}: {item.committed!r} -> {item.fresh!r}")
     for path in sorted((reference / "figures").glob("*.png")):
@@ -251,8 +251,7 @@ BLOCK = re.compile(r"(<!-- contract:start -->\n).*?(<!-- contract:end -->)", re.
 
 
 def contract_block(drift: dict) -> str:
-    """Markdown of the measured figures (for docs/reproducibility.md; update_readme.py may
-    import it too)."""
+    """Markdown of the measured figures (docs/reproducibility.md; update_readme.py too)."""
     def show(value):
         return "–" if value is None else f"{value:.2g}"
 

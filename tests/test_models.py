@@ -497,15 +497,19 @@ def test_cheapest_within_ignores_differences_below_the_tie_margin():
     assert helpers.cheapest_within(0.001)(results(rows)) == 1
 
 
-@pytest.mark.parametrize("kind", ["hgb", "rf", "mlp"])
+@pytest.mark.parametrize("kind", ["mean", "linear", "hgb", "rf", "mlp", "ensemble"])
 def test_saved_models_hold_only_the_types_the_series_trusts(songs, tmp_path, kind):
-    """Each kind of saved pipeline loads with skops.io trusting only SAVED_TYPES (a library
+    """Each kind of model notebook 06 may choose and save (its candidates: the baselines, the
+    MLP, the VotingRegressor ensemble) loads with skops.io trusting only SAVED_TYPES (a library
     release that renames a type fails here, naming it), and predicts as before saving."""
     import skops.io
+    from sklearn.ensemble import VotingRegressor
 
     X, y = songs[helpers.feature_columns("full")], helpers.log_streams(songs)
-    model = (helpers.make_mlp("full", seed=1, **TINY) if kind == "mlp"
-             else helpers.make_baseline(kind, "full", seed=1)).fit(X, y)
+    mlp = helpers.make_mlp("full", seed=1, **TINY)
+    model = (mlp if kind == "mlp" else VotingRegressor(
+        [("mlp", mlp), ("hgb", helpers.make_baseline("hgb", "full", seed=1))])
+        if kind == "ensemble" else helpers.make_baseline(kind, "full", seed=1)).fit(X, y)
     folder = helpers.save_model(model, tmp_path, "full", songs, RESIDUALS)
     found = set(skops.io.get_untrusted_types(file=folder / "model.skops"))
     assert found <= helpers.SAVED_TYPES, f"types to review and add to SAVED_TYPES: " \
