@@ -1,50 +1,37 @@
 """Repo-wide pytest setup.
 
-* Notebook validation (nbval, pyproject.toml) needs the real Kaggle file at
-  data/spotify-2023.csv; without it (or with another file there) every notebook item is
-  skipped, with a reason that says how to get it. The plain tests in tests/ always run.
-* Workers and kernels inherit os.environ: no TensorFlow start-up messages in cell outputs,
-  PYTHONHASHSEED=0 as scripts/run_series.py --refresh uses it.
+* Notebook validation (nbval) needs the real Kaggle file at data/spotify-2023.csv; without it
+  every notebook item is skipped, saying how to get it. The tests in tests/ always run.
 * Another CPU, emulated (emulate(); the pytest header says what): numpy one dispatch level
-  below this CPU's own and oneDNN at SSE41. OpenBLAS stays native (make drift covers it).
-  TEST_EMULATE=native turns it off; a mechanism's own variable, when set, is kept.
-* The rule (tests/contract.py) for every code cell's text output (nbval-ignore-output cells
-  stay ignored) and, at the end, for the reports the notebooks wrote into a copy of reports/.
+  below this CPU's own, oneDNN at SSE41, OpenBLAS native (make drift covers it);
+  TEST_EMULATE=native turns it off, a mechanism's own variable is kept. Then
+  configure_runtime() sets the rest; workers and kernels inherit them all.
+* The rule (spotify_streams/contract.py) for every code cell's text output and, at the end,
+  for the reports the notebooks wrote into a copy of reports/.
 * pytest-xdist (`-n 2 --dist loadfile`): each file on one worker, the longest first.
+* Shared fixtures: `songs` (the cleaned synthetic sample) and `quick_run` (the one smoke run,
+  used by tests/test_series_run.py only, so xdist runs it once).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from spotify_streams import contract
+from spotify_streams.config import DOWNLOAD_HINT, RAW_DATA, REAL_SHA256, SAMPLE_DATA, file_sha256
+from spotify_streams.runtime import configure_runtime
+
 ROOT = Path(__file__).resolve().parent
-RAW_DATA = ROOT / "data" / "spotify-2023.csv"
-# helpers.REAL_SHA256, kept here too: collection works while helpers.py cannot be imported
-FALLBACK_REAL_SHA256 = "26fd1292465877c24a9f5bfc6bf933c0715356a9c7d3197f2c4bc8b1a668a215"
-
-GET_DATA_HELP = (
-    "download it with the Kaggle CLI: `kaggle datasets download -d nelgiriyewithana/top-spotify-"
-    "songs-2023 -p data --unzip` (or with kagglehub: `kagglehub.dataset_download('nelgiriyewith"
-    "ana/top-spotify-songs-2023')` and copy spotify-2023.csv into data/)")
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-os.environ.setdefault("PYTHONHASHSEED", "0")
-
-sys.path.insert(0, str(ROOT / "tests"))
-import contract  # noqa: E402  (tests/contract.py: needs tests/ on sys.path)
-
 ONEDNN_DEFAULT = "SSE41"
-
 
 def emulate(environ=os.environ, machine: str | None = None, simd: dict | None = None) -> str:
     """Set the emulation variables for everything this session starts (by default numpy one
@@ -75,61 +62,43 @@ def emulate(environ=os.environ, machine: str | None = None, simd: dict | None = 
         return f"emulating another CPU: {', '.join(parts)}; TEST_EMULATE=native to test as this CPU"
     return f"testing as this CPU: {', '.join(parts)}"
 
-
-# At import: before any worker or notebook kernel starts (they inherit os.environ).
+# At import, before any worker or kernel starts; configure_runtime keeps emulate's variables.
 CPU_HEADER = emulate()
-
+configure_runtime()
 
 def pytest_addoption(parser):
-    parser.addoption("--reports-exact", action="store_true", default=False,
-                     help="require reports/ to come out byte-identical instead of under the "
-                          "contract's rule (also: REPORTS_EXACT=1)")
-
+    parser.addoption("--reports-exact", action="store_true", default=False, help="require "
+                     "reports/ byte-identical, not under the rule (also: REPORTS_EXACT=1)")
 
 def pytest_report_header(config):
     return [CPU_HEADER, f"reproducibility contract: {contract.load_contract().source}"]
 
-
-def real_sha256() -> str:
-    """The expected sha256 of the real file: helpers.REAL_SHA256 if importable, else ours."""
-    try:
-        from helpers import REAL_SHA256
-    except Exception:  # helpers missing or broken: its own tests will say so
-        return FALLBACK_REAL_SHA256
-    return REAL_SHA256
-
-
 def notebook_skip_reason() -> str | None:
     """Why the notebooks cannot be validated here, or None when the real file is present."""
+    where = RAW_DATA.relative_to(ROOT)
     if not RAW_DATA.is_file():
-        return f"real data file {RAW_DATA.relative_to(ROOT)} is absent; {GET_DATA_HELP}"
-    actual, expected = hashlib.sha256(RAW_DATA.read_bytes()).hexdigest(), real_sha256()
-    if actual != expected:
-        return (f"{RAW_DATA.relative_to(ROOT)} is not the original Kaggle file (sha256 "
-                f"{actual}, expected {expected}); replace it with the original: {GET_DATA_HELP}")
+        return f"real data file {where} is absent. {DOWNLOAD_HINT}"
+    if (actual := file_sha256(RAW_DATA)) != REAL_SHA256:
+        return (f"{where} is not the original Kaggle file (sha256 {actual}, expected "
+                f"{REAL_SHA256}); replace it with the original. {DOWNLOAD_HINT}")
     return None
-
 
 def _is_committed_notebook(item) -> bool:
     return item.path.suffix == ".ipynb" and (ROOT / "notebooks") in item.path.parents
 
-
 # The longest files first, so that both xdist workers finish together (--no-loadscope-reorder
-# keeps the order). Measured: 05 ~5 min, the smoke run, 04, 06 ~2 min, the others less.
-LONGEST_FIRST = ["tests/test_series_smoke.py", "notebooks/05_grid.ipynb",
+# keeps the order): 05 ~5 min, the smoke run, 04, 06 ~2 min, the others less.
+LONGEST_FIRST = ["tests/test_series_run.py", "notebooks/05_grid.ipynb",
                  "notebooks/06_results.ipynb", "notebooks/04_mlp.ipynb", "tests/test_mlp.py",
                  "tests/test_contract.py", "notebooks/03_baseline.ipynb"]
-
 
 def run_order(item) -> int:
     """Position of an item's file in LONGEST_FIRST (others after, in collection order)."""
     where = item.path.relative_to(ROOT).as_posix() if item.path.is_relative_to(ROOT) else ""
     return LONGEST_FIRST.index(where) if where in LONGEST_FIRST else len(LONGEST_FIRST)
 
-
 def pytest_collection_modifyitems(config, items):
-    """Longest files first; the rule for every nbval cell; skip every nbval item of
-    notebooks/*.ipynb when the real data file is missing."""
+    """Longest files first; the rule for every nbval cell; skip notebooks/ without real data."""
     items.sort(key=run_order)  # stable: a file's items keep their order
     the_contract = contract.load_contract() if any(hasattr(i, "compare_outputs")
                                                    for i in items) else None
@@ -141,12 +110,10 @@ def pytest_collection_modifyitems(config, items):
         if reason and _is_committed_notebook(item):
             item.add_marker(pytest.mark.skip(reason=reason))
 
-
 def install_rule(item, the_contract: contract.Contract) -> None:
-    """Wrap nbval's IPyNbCell.compare_outputs for one cell (nbval's runtest calls
-    self.compare_outputs(fresh, committed) and prints self.comparison_traceback on False):
-    first the rule on the sanitized texts (floats within T, counts and text exact), then
-    nbval's own comparison on copies whose floats are masked (output kinds, other MIME types)."""
+    """Wrap nbval's IPyNbCell.compare_outputs(fresh, committed) for one cell: first the rule on
+    the sanitized texts (floats within T, counts and text exact; comparison_traceback says
+    why), then nbval's own comparison on copies whose floats are masked."""
     original = item.compare_outputs
     where = f"{item.path.name} Cell {item.cell_num}"
 
@@ -162,27 +129,21 @@ def install_rule(item, the_contract: contract.Contract) -> None:
 
     item.compare_outputs = compare_outputs
 
-
-# Reports check. The notebooks nbval re-executes write their metrics and figures into a copy
-# of reports/ (SERIES_REPORTS_DIR, read by helpers.resolve_run; filled with the committed files
-# at the start, so a notebook validated alone finds its inputs), never into reports/ itself.
-# At the end the copy must reproduce the committed files under the rule (--reports-exact or
-# REPORTS_EXACT=1: byte identity). Any difference fails the run.
+# Reports check: the notebooks nbval re-executes write into a copy of reports/
+# (SERIES_REPORTS_DIR, read by config.resolve_run, filled with the committed files first), never
+# into reports/. At the end the copy must reproduce the committed files under the rule
+# (--reports-exact or REPORTS_EXACT=1: byte identity); any difference fails the run.
 REPORTS = ROOT / "reports"
 FRESH_REPORTS = ROOT / "build" / "nbval-reports"
 CHECKED_FOLDERS = ["metrics", "figures"]  # not benchmark.json, drift.json: measurements
-# A test that starts a pytest session of its own (test_contract.py) must not refill the
-# copy of the session around it: the outer session marks the environment, the inner one then
-# works in a private copy.
+# A nested pytest session (test_contract.py) works in a private copy, not the outer one's.
 SESSION_MARK = "SERIES_TEST_SESSION"
-
 
 def _report_files(folder: Path = REPORTS) -> dict:
     """{"reports/metrics/04_mlp.json": bytes, ...} of the checked files under `folder`."""
     return {f"reports/{p.relative_to(folder).as_posix()}": p.read_bytes()
             for sub in CHECKED_FOLDERS for p in sorted((folder / sub).glob("*"))
             if p.is_file() and p.suffix in {".json", ".png"}}
-
 
 def copy_committed_reports(source: Path = REPORTS, target: Path = FRESH_REPORTS) -> dict:
     """Replace `target` with a copy of the checked folders of `source`; return their files."""
@@ -191,7 +152,6 @@ def copy_committed_reports(source: Path = REPORTS, target: Path = FRESH_REPORTS)
         if (source / sub).is_dir():
             shutil.copytree(source / sub, target / sub)
     return _report_files(source)
-
 
 def report_differences(before: dict, after: dict, exact: bool = False, limit: int = 40) -> list:
     """Messages for each committed report file that did not reproduce (at most `limit` each)."""
@@ -218,29 +178,23 @@ def report_differences(before: dict, after: dict, exact: bool = False, limit: in
                                      if len(found) > limit else [])
     return messages
 
-
-def is_xdist_worker(config) -> bool:
-    """True in a pytest-xdist worker (the reports check runs once, in the main process)."""
-    return hasattr(config, "workerinput")
-
-
 def rebuild_cleaned_data() -> str | None:
-    """Build the cleaned data that 02 writes and 03-06 read (build/real/) if it is missing, as
-    02 would (`pytest notebooks/04_mlp.ipynb` on a fresh clone); a line saying so, or None."""
+    """Build the cleaned data 02 writes and 03-06 read if it is missing (`pytest
+    notebooks/04_mlp.ipynb` on a fresh clone); a line saying so, or None."""
     if notebook_skip_reason() is not None:
         return None
-    import helpers
+    from spotify_streams.config import resolve_run
+    from spotify_streams.dataset import clean, load_raw, save_clean
 
-    path = helpers.resolve_run(RAW_DATA).processed_path
+    path = resolve_run(RAW_DATA).processed_path
     if path.is_file():
         return None
-    songs = helpers.save_clean(helpers.clean(helpers.load_raw(RAW_DATA)), path)
+    songs = save_clean(clean(load_raw(RAW_DATA)), path)
     return (f"cleaned data: {songs.relative_to(ROOT)} was missing; rebuilt it from "
             f"{RAW_DATA.relative_to(ROOT)} as notebook 02 does")
 
-
 def pytest_sessionstart(session):
-    if is_xdist_worker(session.config):
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the main process checks
         return
     nested = os.environ.get(SESSION_MARK) == "1"
     fresh = ROOT / "build" / f"nbval-reports-nested-{os.getpid()}" if nested else FRESH_REPORTS
@@ -254,22 +208,17 @@ def pytest_sessionstart(session):
     if note and reporter is not None:
         reporter.write_line(note)
 
-
 _MAIN = []  # the main process's config (not set in xdist workers)
 
-
 def pytest_configure(config):
-    if not is_xdist_worker(config):
+    if not hasattr(config, "workerinput"):
         _MAIN.append(config)
-
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
-    """A committed notebook's kernel (started by nbval in the setup of its first cell) runs its
-    joblib-parallel fits (N_JOBS) one after another: the two xdist workers already keep both
-    cores busy (measured: no slower). JOBLIB_MULTIPROCESSING=0 (joblib's documented switch) is
-    set only while that kernel starts, so the tests of parallel search keep their processes.
-    One process and two give the same results (tests/test_mlp.py)."""
+    """A committed notebook's kernel (started in its first cell's setup) runs its fits one after
+    another (JOBLIB_MULTIPROCESSING=0 while it starts): the two xdist workers keep both cores
+    busy already; tests/test_mlp.py shows one process and two give the same results."""
     if not _is_committed_notebook(item):
         return (yield)
     os.environ["JOBLIB_MULTIPROCESSING"] = "0"
@@ -278,17 +227,15 @@ def pytest_runtest_setup(item):
     finally:
         del os.environ["JOBLIB_MULTIPROCESSING"]
 
-
 def pytest_runtest_logreport(report):
     """Remember which committed notebooks ran (main process: xdist forwards the reports)."""
     if (_MAIN and report.when == "call" and report.passed
             and report.nodeid.startswith("notebooks/")):
         _MAIN[0]._notebooks_run.add(report.nodeid.split("::")[0])
 
-
 def unwritten_reports(fresh: Path, notebooks_run: set, started: float) -> list[str]:
-    """Messages for each notebook that ran but did not rewrite its metrics in the copy: then
-    the check below would compare the committed file with itself and prove nothing."""
+    """Each notebook that ran but did not rewrite its metrics in the copy (the check would
+    compare the committed file with itself)."""
     messages = []
     for nodepath in sorted(notebooks_run):
         metrics = fresh / "metrics" / f"{Path(nodepath).stem}.json"
@@ -297,7 +244,6 @@ def unwritten_reports(fresh: Path, notebooks_run: set, started: float) -> list[s
             messages.append(f"{nodepath} ran but did not write {metrics}; "
                             "the reports check would compare the committed file with itself")
     return messages
-
 
 def pytest_sessionfinish(session, exitstatus):
     before = getattr(session.config, "_reports_before", None)
@@ -326,3 +272,24 @@ def pytest_sessionfinish(session, exitstatus):
           f"({source}):\n  " + "\n  ".join(m.replace("\n", "\n    ") for m in messages)
           + "\n(if the change is intended, run `make refresh-notebooks` and commit)")
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+@pytest.fixture(scope="session")
+def songs():
+    """The synthetic sample, cleaned, with the derived inputs."""
+    from spotify_streams.dataset import clean, load_raw
+    from spotify_streams.features import add_features
+
+    return add_features(clean(load_raw(SAMPLE_DATA)).data)
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """(output folder, process) of the one smoke run: quick, on the synthetic sample; it leaves
+    its inputs (the sample, notebooks/) byte-identical."""
+    before = {p: p.read_bytes() for p in [SAMPLE_DATA, *(ROOT / "notebooks").glob("*.ipynb")]}
+    out = tmp_path_factory.mktemp("quick-run")
+    proc = subprocess.run([sys.executable, "-m", "spotify_streams.commands.run_series", "--data",
+                           str(SAMPLE_DATA), "--output", str(out), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert {p: p.read_bytes() for p in before} == before, "the run modified its inputs"
+    return out, proc

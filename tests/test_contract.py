@@ -1,4 +1,4 @@
-"""The contract (tests/contract.py, conftest.py, scripts/measure_drift.py): drift within the
+"""The contract (spotify_streams/contract.py, conftest.py, spotify-drift): drift within the
 rule passes; every kind of real change fails, naming the place, both values and the tolerance."""
 
 from __future__ import annotations
@@ -14,31 +14,26 @@ import sys
 import uuid
 from pathlib import Path
 
-import contract
 import nbformat
 import pytest
-from contract import Contract
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import measure_drift  # noqa: E402
+import conftest
+from spotify_streams import contract
+from spotify_streams.commands import measure_drift
+from spotify_streams.config import RAW_DATA, ROOT, resolve_run
+from spotify_streams.contract import Contract
 
 RULE = Contract(0.02, 10.0, "fixed for the tests")
-
 
 def changed(payload, edit):
     fresh = copy.deepcopy(payload)
     edit(fresh)
     return fresh
 
-
-# --- The rule on metrics files ------------------------------------------------------------
-
 PAYLOAD = {"seed": 42, "n_test": 227, "flag": True, "tuned": {"learning_rate": 0.001},
            "test": [{"model": "hgb", "feature_set": "full", "r2": 0.854746,
                      "median_factor": 2.18}]}
 ROW = "test[model=hgb, feature_set=full]"
-
 
 @pytest.mark.parametrize("edit, expected", [
     (lambda d: d["test"][0].update(r2=0.873746), None),  # +0.019: within T
@@ -70,13 +65,11 @@ def test_the_rule_on_metrics(edit, expected):
         assert len(messages) == 1 and messages[0].startswith(f"06_results.json: {expected}"), \
             messages
 
-
 def grid(scores: list) -> dict:
     rows = [(0.001, 64), (0.001, 128), (0.01, 64), (0.01, 128)]
     return {"grid": [{"learning_rate": lr, "neurons": n, "split0_test_score": s,
                       "mean_test_score": s, "rank_test_score": r}
                      for r, ((lr, n), s) in enumerate(zip(rows, scores), start=1)]}
-
 
 def test_unstable_table_is_compared_through_its_summary():
     committed = grid([0.77, 0.78, 0.70, 0.72])
@@ -95,10 +88,6 @@ def test_unstable_table_is_compared_through_its_summary():
     for edit, fails in [({"se": 0.012, "folds_won": "1 of 5"}, False), ({"verdict": "real"}, True)]:
         fresh = changed(knobs, lambda d, e=edit: d["knob_effects"][0].update(e))
         assert bool(contract.compare_metrics("05_grid.json", knobs, fresh, RULE)) == fails
-
-
-# --- The rule on printed text -------------------------------------------------------------
-
 
 @pytest.mark.parametrize("committed, fresh, expected", [
     ("CV R² 0.347 ± 0.049 (15 folds)", "CV R² 0.366 ± 0.050 (15 folds)", None),
@@ -122,7 +111,6 @@ def test_the_rule_on_printed_text(committed, fresh, expected):
     messages = contract.compare_text(committed, fresh, RULE)
     assert messages == [] if expected is None else messages[0].startswith(expected), messages
 
-
 def test_cell_outputs_and_notebooks():
     def html(text):
         return [nbformat.v4.new_output("execute_result", data={"text/html": text,
@@ -143,10 +131,6 @@ def test_cell_outputs_and_notebooks():
     [message] = contract.compare_notebooks(nb(stream), nb(html("<td>0.347</td>")), RULE)
     assert "Cell 0: output kinds differ" in message
 
-
-# --- Figures and the tolerances -----------------------------------------------------------
-
-
 def png(size=(60, 40), dark=0, shade=200) -> bytes:
     from PIL import Image
 
@@ -155,12 +139,10 @@ def png(size=(60, 40), dark=0, shade=200) -> bytes:
         img.paste((200 - shade,) * 3, (0, 0, dark, 1))
     return png_bytes(img)
 
-
 def png_bytes(img) -> bytes:
     out = io.BytesIO()
     img.save(out, format="PNG")
     return out.getvalue()
-
 
 def test_figures_within_the_image_tolerance(tmp_path):
     assert contract.compare_figure(png(), png(dark=60, shade=20), "cv.png", RULE) is None
@@ -170,20 +152,17 @@ def test_figures_within_the_image_tolerance(tmp_path):
     assert contract.compare_figure(png(), png(size=(61, 40)), "cv.png", RULE) == \
         "cv.png: image size changed > image tolerance 10"
 
-
 def test_tolerances_derive_from_the_largest_drift():
     assert [contract.round_up_125(x) for x in (0.00031, 0.001, 0.0011, 0.006, 3.2)] == \
         [0.0005, 0.001, 0.002, 0.01, 5.0]
     assert contract.derive_tolerance(0.004306) == 0.02  # 2.5 x 0.0043, 1-2-5 rounded up
     assert contract.derive_tolerance(0.0) == contract.FLOOR
     assert contract.derive_tolerance(2.0056, contract.IMAGE_FLOOR) == 10
-
-
-# --- Emulation: numpy, OpenBLAS, oneDNN ---------------------------------------------------
+    drift = json.loads(contract.DRIFT_FILE.read_text(encoding="utf-8"))  # docs: test_readme.py
+    assert contract.load_contract().tolerance == drift["tolerance"]
 
 AVX2 = {"baseline": ["X86_V2"], "found": ["X86_V3"],
         "not found": ["X86_V4", "AVX512_ICL", "AVX512_SPR"]}
-
 
 @pytest.mark.parametrize("simd, levels", [
     (AVX2, [("X86_V2", "X86_V3")]),
@@ -195,10 +174,7 @@ AVX2 = {"baseline": ["X86_V2"], "found": ["X86_V3"],
 def test_numpy_levels_below_the_machines_own(simd, levels):
     assert contract.numpy_levels(simd) == levels
 
-
 def test_emulation_defaults_and_the_header():
-    import conftest
-
     env = {}
     line = conftest.emulate(env, "x86_64", AVX2)
     assert env == {"NPY_DISABLE_CPU_FEATURES": "X86_V3", "ONEDNN_MAX_CPU_ISA": "SSE41"}
@@ -214,7 +190,6 @@ def test_emulation_defaults_and_the_header():
     env = {}
     assert "numpy native (aarch64 is not x86)" in conftest.emulate(env, "aarch64", AVX2)
     assert env == {}
-
 
 def test_every_mechanism_takes_the_emulated_kernels():
     """numpy's public report (show_config) has the shape numpy_levels reads; processes started
@@ -245,16 +220,12 @@ def test_every_mechanism_takes_the_emulated_kernels():
            for isa in ("AVX2", "SSE41")}
     assert out["AVX2"] and out["SSE41"] and out["AVX2"] != out["SSE41"], out
 
-
-# --- The test session: nbval cells and the reports check ----------------------------------
-
 SESSION_CELLS = [  # (printed now, committed output, tags)
     ("CV R² 0.3501 (15 folds)", "CV R² 0.3499 (15 folds)", []),
     ("CV R² 0.3501 (15 folds)", "CV R² 0.3901 (15 folds)", []),
     ("397 songs", "398 songs", []),
     ("CV R² 0.3501", "anything", ["nbval-ignore-output"]),
 ]
-
 
 def test_the_session_applies_the_rule_to_every_cell():
     """A real nbval run on a throw-away notebook under build/ (so that conftest.py applies)."""
@@ -279,11 +250,8 @@ def test_the_session_applies_the_rule_to_every_cell():
     assert "TEST_EMULATE=native to test as this CPU" in out and "reproducibility contract: " \
            "drift.json: " in out
 
-
 def test_reports_check_fails_on_a_tampered_metric_and_figure():
     from PIL import Image, ImageDraw
-
-    import conftest
 
     before = conftest._report_files()
     metric, figure = "reports/metrics/06_results.json", "reports/figures/importance.png"
@@ -301,10 +269,7 @@ def test_reports_check_fails_on_a_tampered_metric_and_figure():
     assert conftest.report_differences(before, after, exact=True)[0] == \
         f"{figure}: bytes differ (--reports-exact)"
 
-
 def test_a_notebook_that_ran_without_writing_its_metrics_is_reported(tmp_path):
-    import conftest
-
     (tmp_path / "metrics").mkdir()
     stale = tmp_path / "metrics" / "03_baseline.json"
     stale.write_text("{}")
@@ -313,10 +278,6 @@ def test_a_notebook_that_ran_without_writing_its_metrics_is_reported(tmp_path):
     [message] = conftest.unwritten_reports(tmp_path, ran, started=2.0)
     assert "03_baseline.ipynb ran but did not write" in message
     assert conftest.unwritten_reports(tmp_path, ran, started=0.0) == []
-
-
-# --- make drift and its block in docs/reproducibility.md ----------------------------------
-
 
 def fake_run(out: Path, label: str, seed: int, r2: float, cell: str, rate=0.001, dark=0):
     folder = out / label
@@ -329,7 +290,6 @@ def fake_run(out: Path, label: str, seed: int, r2: float, cell: str, rate=0.001,
         nbformat.v4.new_output("stream", name="stdout", text=cell)])]),
         folder / "notebooks" / "06_results.ipynb")
     (folder / measure_drift.RUN_INFO).write_text(json.dumps({"env": {}, "seed": seed}))
-
 
 def test_make_drift_derives_the_tolerances_and_fails_a_moved_choice(tmp_path):
     fake_run(tmp_path, "native", 42, 0.80, "R² 0.786\n")
@@ -352,47 +312,23 @@ def test_make_drift_derives_the_tolerances_and_fails_a_moved_choice(tmp_path):
                                  "seed makes (0): the check cannot tell a real change from "
                                  "CPU drift"]
 
-
-def test_docs_show_the_committed_measurement():
-    docs = measure_drift.DOCS.read_text(encoding="utf-8")
-    drift = json.loads(contract.DRIFT_FILE.read_text(encoding="utf-8"))
-    assert measure_drift.render_docs(docs, drift) == docs, \
-        "docs/reproducibility.md does not show reports/drift.json: run scripts/measure_drift.py"
-    assert contract.load_contract().tolerance == drift["tolerance"]
-
-
-# --- With the real data: another seed is a real change ------------------------------------
-
-
 @pytest.fixture(scope="module")
 def baseline_seed43(tmp_path_factory):
-    """notebooks/03_baseline.ipynb executed with SEED=43 into a temp OUTPUT_DIR. The kernel
-    gets OMP_NUM_THREADS=1: gradient boosting's OpenMP threads on a busy 2-core machine made
-    the run 5x slower (measured)."""
-    import conftest
-
+    """notebooks/03_baseline.ipynb executed with SEED=43 into a temp OUTPUT_DIR (the kernel
+    inherits OMP_NUM_THREADS=1 from configure_runtime in conftest.py)."""
     if conftest.notebook_skip_reason():
         pytest.skip(conftest.notebook_skip_reason())
     import papermill
 
-    from helpers import clean, load_raw, resolve_run, save_clean
+    from spotify_streams.dataset import clean, load_raw, save_clean
 
     out = tmp_path_factory.mktemp("seed43")
-    save_clean(clean(load_raw(conftest.RAW_DATA)), resolve_run(conftest.RAW_DATA,
-                                                               out).processed_path)
-    threads = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the kernel papermill starts
-    try:
-        papermill.execute_notebook(
-            str(ROOT / "notebooks" / "03_baseline.ipynb"), str(out / "03_baseline.ipynb"),
-            parameters={"DATA_PATH": str(conftest.RAW_DATA), "OUTPUT_DIR": str(out),
-                        "SEED": 43}, kernel_name="python3", cwd=str(ROOT / "notebooks"),
-            progress_bar=False)
-    finally:
-        os.environ.pop("OMP_NUM_THREADS") if threads is None else \
-            os.environ.update(OMP_NUM_THREADS=threads)
+    save_clean(clean(load_raw(RAW_DATA)), resolve_run(RAW_DATA, out).processed_path)
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "03_baseline.ipynb"), str(out / "03_baseline.ipynb"),
+        parameters={"DATA_PATH": str(RAW_DATA), "OUTPUT_DIR": str(out), "SEED": 43},
+        kernel_name="python3", cwd=str(ROOT / "notebooks"), progress_bar=False)
     return out
-
 
 def test_another_seed_fails_the_cells_and_the_metrics_of_notebook_03(baseline_seed43):
     the_contract = contract.load_contract()

@@ -1,5 +1,5 @@
-"""The seed network in Keras: the fast training path, reproducibility, the grid search and its
-scale-out on Dask. Small cases on the synthetic sample, so the whole file runs in about a minute."""
+"""The seed network in Keras: the fast training path, the trainer cache, reproducibility, the
+grid search, its progress bar and its scale-out on Dask. Small fits on the synthetic sample."""
 
 import json
 import subprocess
@@ -8,52 +8,49 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV
 
-import helpers
+from spotify_streams.evaluation import artist_key, cv_splits
+from spotify_streams.features import feature_columns, log_streams, make_preprocessor
+from spotify_streams.modeling.baselines import make_baseline
+from spotify_streams.modeling.network import KerasMLPRegressor, build_mlp, make_mlp
+from spotify_streams.modeling.selection import grid_param
+from spotify_streams.parallel import parallel_backend, search_progress
 
-TINY = {"neurons": 16, "batch_size": 32, "epochs": 20}
-
-
-@pytest.fixture(scope="module")
-def songs():
-    return helpers.add_features(helpers.clean(helpers.load_raw(helpers.SAMPLE_DATA)).data)
-
+TINY = {"neurons": 16, "batch_size": 32, "epochs": 20}  # enough to learn something
+SHORT = {"neurons": 8, "batch_size": 64, "epochs": 3}  # enough to tell two fits apart
+FRESH_SEED = 1
 
 @pytest.fixture(scope="module")
 def data(songs):
-    return songs[helpers.feature_columns("full")], helpers.log_streams(songs)
-
+    return songs[feature_columns("full")], log_streams(songs)
 
 def test_network_is_the_seed_architecture():
-    model = helpers.build_mlp(10, neurons=64, dropout=0.3, learning_rate=0.01)
-    kinds = [(type(layer).__name__, getattr(layer, "units", getattr(layer, "rate", None)))
-             for layer in model.layers]
-    assert kinds == [("Dense", 64), ("Dropout", 0.3), ("Dense", 32), ("Dropout", 0.3),
-                     ("Dense", 1)]
+    model = build_mlp(10, neurons=64, dropout=0.3, learning_rate=0.01)
+    assert [(type(layer).__name__, getattr(layer, "units", getattr(layer, "rate", None)))
+            for layer in model.layers] == [("Dense", 64), ("Dropout", 0.3), ("Dense", 32),
+                                           ("Dropout", 0.3), ("Dense", 1)]
     assert model.loss == "mse" and type(model.optimizer).__name__ == "Adam"
     assert float(model.optimizer.learning_rate) == pytest.approx(0.01)
-
 
 def test_fast_path_scores_like_plain_model_fit(songs, data):
     """Same folds, same network: the tf.data path and Keras's plain fit on numpy give CV R²
     within one fold spread of each other (not bit-equal: the shuffles differ)."""
     import keras
+    from sklearn.metrics import r2_score
     from sklearn.model_selection import cross_validate
     from sklearn.preprocessing import StandardScaler
 
     X, y = data
-    splits = helpers.cv_splits(songs, seed=0, n_splits=3, n_repeats=1)
-    fast = cross_validate(helpers.make_mlp("full", seed=0, **TINY), X, y, cv=splits,
+    splits = cv_splits(songs, seed=0, n_splits=3, n_repeats=1)
+    fast = cross_validate(make_mlp("full", seed=0, **TINY), X, y, cv=splits,
                           scoring="r2")["test_score"]
     plain = []
     for tr, va in splits:
-        prepare = helpers.make_preprocessor("full").set_output(transform="default").fit(
-            X.iloc[tr])
+        prepare = make_preprocessor("full").fit(X.iloc[tr])
         target = StandardScaler().fit(y[tr, None])
         keras.utils.set_random_seed(0)
-        model = helpers.build_mlp(len(prepare.get_feature_names_out()), neurons=16, seed=0)
+        model = build_mlp(len(prepare.get_feature_names_out()), neurons=16, seed=0)
         model.fit(prepare.transform(X.iloc[tr]), target.transform(y[tr, None]), verbose=0,
                   epochs=TINY["epochs"], batch_size=TINY["batch_size"])
         pred = target.inverse_transform(model.predict(prepare.transform(X.iloc[va]), verbose=0))
@@ -61,20 +58,15 @@ def test_fast_path_scores_like_plain_model_fit(songs, data):
     assert fast.mean() > 0.3  # it learned something
     assert abs(fast.mean() - np.mean(plain)) < max(fast.std(), np.std(plain))
 
-
-FRESH_SEED = 1
-
-
 @pytest.fixture(scope="module")
 def fresh_processes():
-    """Predictions of the same fit (seed FRESH_SEED) in two fresh processes, run side by side."""
-    code = (
-        "import json, helpers\n"
-        "songs = helpers.add_features(helpers.clean(helpers.load_raw(helpers.SAMPLE_DATA)).data)\n"
-        "X, y = songs[helpers.feature_columns('full')], helpers.log_streams(songs)\n"
-        f"m = helpers.make_mlp('full', seed={FRESH_SEED}, **{TINY!r}).fit(X, y)\n"
-        "print(json.dumps(m.predict(X.iloc[:20]).tolist()))\n"
-    )
+    """Predictions of the same fit (seed FRESH_SEED) in two fresh processes, side by side."""
+    code = ("import json; from spotify_streams import config, dataset as d, features as f\n"
+            "from spotify_streams.modeling.network import make_mlp\n"
+            "s = f.add_features(d.clean(d.load_raw(config.SAMPLE_DATA)).data)\n"
+            "X, y = s[f.feature_columns('full')], f.log_streams(s)\n"
+            f"m = make_mlp('full', seed={FRESH_SEED}, **{SHORT!r}).fit(X, y)\n"
+            "print(json.dumps(m.predict(X.iloc[:20]).tolist()))\n")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [proc.communicate(timeout=300) for proc in procs]
@@ -82,113 +74,101 @@ def fresh_processes():
     return [np.array(json.loads(out.strip().splitlines()[-1]), dtype=np.float32)
             for out, _ in outputs]
 
-
-def test_reused_training_graph_gives_a_fresh_models_result(data, fresh_processes):
-    """Fits that reuse a traced training step (after other configurations trained on it) give
-    bit-identical predictions to the same fit in a fresh process."""
+def test_the_trainer_cache_gives_a_fresh_models_result(data, fresh_processes):
+    """Fits that reuse a cached trainer (after other configurations trained on it) give
+    bit-identical predictions to the same fit in a fresh process; two fresh processes agree;
+    another seed differs."""
     X, y = data
-    others = [{"learning_rate": 0.01, "batch_size": 64, "epochs": 3}, {"dropout": 0.3}]
-    for params in others:
-        helpers.make_mlp("full", seed=5, **{**TINY, **params}).fit(X, y)
-    here = helpers.make_mlp("full", seed=FRESH_SEED, **TINY).fit(X, y).predict(X.iloc[:20])
+    for params in [{"learning_rate": 0.01, "batch_size": 32, "epochs": 2}, {"dropout": 0.3}]:
+        make_mlp("full", seed=5, **{**SHORT, **params}).fit(X, y)
+    here = make_mlp("full", seed=FRESH_SEED, **SHORT).fit(X, y).predict(X.iloc[:20])
     np.testing.assert_array_equal(here, fresh_processes[0])
-
-
-def test_two_runs_in_two_processes_are_identical(fresh_processes):
     np.testing.assert_array_equal(*fresh_processes)
+    other = make_mlp("full", seed=FRESH_SEED + 1, **SHORT).fit(X, y).predict(X.iloc[:20])
+    assert not np.array_equal(here, other)
 
+def search(songs, estimator, grid, n_jobs):
+    """A GridSearchCV of 2 candidates × 2 folds (whole artists), no refit."""
+    return GridSearchCV(estimator, grid, scoring="r2", n_jobs=n_jobs, refit=False,
+                        cv=cv_splits(songs, seed=0, n_repeats=1)[:2])
 
-def test_seed_changes_the_result(data):
-    X, y = data
-    a, b = (helpers.make_mlp("full", seed=s, **TINY).fit(X, y).predict(X.iloc[:5]) for s in (3, 4))
-    assert not np.array_equal(a, b)
-
-
-def small_search(songs, n_jobs, *callbacks):
-    grid = {helpers.grid_param("learning_rate"): [0.001, 0.01]}
-    search = GridSearchCV(helpers.make_mlp("full", seed=0, **{**TINY, "epochs": 5}), grid,
-                          scoring="r2", cv=helpers.cv_splits(songs, seed=0, n_repeats=1)[:2],
-                          n_jobs=n_jobs, refit=False)
-    search.set_callbacks(*callbacks)
-    search.fit(songs[helpers.feature_columns("full")], helpers.log_streams(songs))
+def results(fitted_search) -> pd.DataFrame:
     keep = ["params", "split0_test_score", "split1_test_score", "mean_test_score",
             "rank_test_score"]
-    return pd.DataFrame(search.cv_results_)[keep]
+    return pd.DataFrame(fitted_search.cv_results_)[keep]
 
+MLP_GRID = {grid_param("learning_rate"): [0.001, 0.01]}
 
 @pytest.fixture(scope="module")
-def one_process_search(songs):
-    return small_search(songs, 1)
+def one_process_search(songs, data):
+    return results(search(songs, make_mlp("full", seed=0, **SHORT), MLP_GRID, 1).fit(*data))
 
-
-GRID_BAR = "grid search: 100%|██████████| 4/4 fits"  # helpers.FitProgress, 2 candidates × 2 folds
-
-
-def test_search_is_the_same_on_one_and_two_processes(songs, one_process_search, capsys):
-    """The same scores, also with notebook 05's progress callback (helpers.FitProgress), whose
-    bar counts the fits the worker processes finish."""
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_search_progress_counts_every_fit_and_changes_no_result(songs, data, capsys, n_jobs):
+    """Inside search_progress a search's bar ends at candidates × folds = 4 fits, counted in
+    the worker processes too, and its cv_results_ are those of the same search without it."""
     import joblib
 
     # conftest.py turns joblib's processes off for the notebook kernels only, not here
-    assert joblib.effective_n_jobs(2) == 2, "joblib would run this search in one process"
-    pd.testing.assert_frame_equal(one_process_search,
-                                  small_search(songs, 2, helpers.FitProgress()))
-    assert capsys.readouterr().err.rsplit("\r", 1)[-1] == GRID_BAR + "\n"  # its final state
+    assert joblib.effective_n_jobs(n_jobs) == n_jobs
+    grid = {"hgb__max_depth": [2, 3]}
+    plain = search(songs, make_baseline("hgb", "full", max_iter=5), grid, n_jobs).fit(*data)
+    watched = search(songs, make_baseline("hgb", "full", max_iter=5), grid, n_jobs)
+    capsys.readouterr()
+    with search_progress(watched) as running:
+        running.fit(*data)
+    assert capsys.readouterr().err.rsplit("\r", 1)[-1] == "grid search: 100%|██████████| 4/4 fits\n"
+    pd.testing.assert_frame_equal(results(watched), results(plain))
+    assert watched.scoring == "r2"  # restored
 
-
-def test_search_runs_unchanged_on_a_dask_cluster(songs, one_process_search, monkeypatch,
-                                                 capsys):
-    """A real dask.distributed LocalCluster (two worker processes); the scheduler address
-    reaches the search through DASK_SCHEDULER_ADDRESS, as a user would set it. Notebook 05's
-    progress callback counts the fits there too."""
+def test_the_search_is_the_same_on_two_processes_and_on_a_dask_cluster(songs, data,
+                                                                        one_process_search,
+                                                                        monkeypatch):
+    """The network's search on two local processes, then on a real dask.distributed
+    LocalCluster (two worker processes) reached through DASK_SCHEDULER_ADDRESS, as a user
+    would set it: the same scores as on one process."""
     from dask.distributed import LocalCluster
 
-    local = one_process_search
+    on_two = search(songs, make_mlp("full", seed=0, **SHORT), MLP_GRID, 2).fit(*data)
+    pd.testing.assert_frame_equal(one_process_search, results(on_two))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
-        with helpers.parallel_backend() as where:
+        with parallel_backend() as where:
             assert where.startswith(f"Dask cluster at {cluster.scheduler_address} (2 workers")
-            on_dask = small_search(songs, 2, helpers.FitProgress())
-    pd.testing.assert_frame_equal(local, on_dask)
-    assert capsys.readouterr().err.rsplit("\r", 1)[-1] == GRID_BAR + "\n"  # its final state
+            on_dask = search(songs, make_mlp("full", seed=0, **SHORT), MLP_GRID, 2).fit(*data)
+    pd.testing.assert_frame_equal(one_process_search, results(on_dask))
 
-
-def test_unreachable_scheduler_is_a_clear_error():
-    with pytest.raises(helpers.DataError, match="Cannot reach the Dask scheduler"):
-        with helpers.parallel_backend("tcp://127.0.0.1:9", timeout="1s"):
+def test_an_unreachable_scheduler_is_a_connection_error():
+    with pytest.raises(ConnectionError, match="Cannot reach the Dask scheduler"):
+        with parallel_backend("tcp://127.0.0.1:9", timeout="1s"):
             pass
-
 
 def test_the_network_is_a_scikit_learn_estimator():
     """scikit-learn's own estimator checks pass, but two that do not apply: a 2-epoch network
-    of 4 units is not expected to reach the R² that check_regressors_train asks of a
-    regressor, and float32 matrix products in another row order differ in the 8th digit."""
+    of 4 units has no skill, and float32 products in another row order differ in the 8th digit."""
     from sklearn.utils.estimator_checks import check_estimator
 
     expected = {"check_regressors_train": "2 epochs of 4 units: no skill expected",
                 "check_methods_sample_order_invariance": "float32 sums in another order"}
-    results = check_estimator(helpers.KerasMLPRegressor(neurons=4, epochs=2, batch_size=8),
-                              expected_failed_checks=expected, on_fail=None)
-    failed = {r["check_name"] for r in results if r["status"] == "failed"}
-    assert failed == set(), failed
-    assert {r["check_name"] for r in results if r["status"] == "xfail"} <= set(expected)
-    assert sum(r["status"] == "passed" for r in results) >= 40
-
+    outcomes = check_estimator(KerasMLPRegressor(neurons=4, epochs=2, batch_size=8),
+                               expected_failed_checks=expected, on_fail=None)
+    assert {r["check_name"] for r in outcomes if r["status"] == "failed"} == set()
+    assert {r["check_name"] for r in outcomes if r["status"] == "xfail"} <= set(expected)
+    assert sum(r["status"] == "passed" for r in outcomes) >= 40
 
 def test_early_stopping_holds_out_whole_artists(data, songs):
-    """With early_stopping, the validation rows are whole groups (artists), drawn with the
-    seed; the network stops before its epoch budget and keeps its best weights."""
+    """With early_stopping the validation rows are whole artists drawn with the seed; the
+    network stops before its epoch budget and keeps its best weights."""
     from sklearn.model_selection import GroupShuffleSplit
 
     X, y = data
-    groups = helpers.artist_key(songs)
-    model = helpers.make_mlp("full", seed=2, **{**TINY, "epochs": 200}, early_stopping=True,
-                             patience=3).fit(X, y, mlp__groups=groups)
-    history = model["mlp"].regressor_.history_
-    assert "val_loss" in history and len(history["loss"]) < 200
-    held = model["mlp"].regressor_.validation_rows_
-    kept = np.setdiff1d(np.arange(len(X)), held)
-    assert len(held) and not set(groups.iloc[held]) & set(groups.iloc[kept])
+    groups = artist_key(songs)
+    model = make_mlp("full", seed=2, **{**TINY, "epochs": 200}, early_stopping=True,
+                     patience=3).fit(X, y, mlp__groups=groups)
+    network = model["mlp"].regressor_
+    assert "val_loss" in network.history_ and len(network.history_["loss"]) < 200
+    held = network.validation_rows_
+    assert not set(groups.iloc[held]) & set(groups.iloc[np.setdiff1d(np.arange(len(X)), held)])
     expected = next(GroupShuffleSplit(1, test_size=0.2, random_state=2).split(X, y, groups))[1]
-    np.testing.assert_array_equal(held, expected)  # drawn with the seed
+    np.testing.assert_array_equal(held, expected)

@@ -1,31 +1,25 @@
 """The generated blocks of README.md and docs/*.md match the committed reports, a stale one is
-caught, and every file the pages link to exists."""
+caught and repaired, and every file the pages link to exists."""
 
-import importlib.util
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "update_readme.py"
-spec = importlib.util.spec_from_file_location("update_readme", SCRIPT)
-update_readme = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(update_readme)
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+from spotify_streams.commands import update_readme
+from spotify_streams.config import ROOT, SAMPLE_DATA
+from spotify_streams.dataset import load_raw
 
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 def test_generated_blocks_are_current():
     generated = update_readme.blocks()
-    assert {"results", "runtime", "performance"} <= generated.keys(), \
+    assert {"results", "runtime", "performance", "contract"} <= generated.keys(), \
         "a report in reports/ or a page in docs/ is missing"
     for path in update_readme.pages():
-        page = path.relative_to(ROOT).as_posix()
         text = path.read_text(encoding="utf-8")
-        assert update_readme.render(text, generated, page) == text, \
-            f"{page} is stale: run `make readme` and commit"
-
+        assert update_readme.render(text, generated, path.relative_to(ROOT).as_posix()) == \
+            text, f"{path.name} is stale: run `make readme` and commit"
 
 @pytest.fixture
 def tree(tmp_path, monkeypatch):
@@ -33,26 +27,22 @@ def tree(tmp_path, monkeypatch):
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
     shutil.copytree(ROOT / "docs", tmp_path / "docs")
     shutil.copytree(ROOT / "reports", tmp_path / "reports")
-    monkeypatch.setattr(update_readme, "ROOT", tmp_path)
-    monkeypatch.setattr(update_readme, "README", tmp_path / "README.md")
+    for name, value in [("ROOT", tmp_path), ("README", tmp_path / "README.md"),
+                        ("REPORTS_DIR", tmp_path / "reports")]:
+        monkeypatch.setattr(update_readme, name, value)
     return tmp_path
 
-
-@pytest.mark.parametrize("name", ["results", "runtime", "performance"])
+@pytest.mark.parametrize("name", ["results", "runtime", "performance", "contract"])
 def test_a_stale_block_fails_the_check_and_make_readme_repairs_it(tree, name, capsys):
-    page = update_readme.BLOCKS[name][0]
-    path = tree / page
+    path = tree / (page := update_readme.BLOCKS[name][0])
     current = path.read_text(encoding="utf-8")
-    stale = re.sub(rf"(<!-- {name}:start -->\n)", r"\1| hand-edited | 0.999 |\n", current)
-    assert stale != current
-    path.write_text(stale, encoding="utf-8")
-    assert update_readme.main(["--check"]) == 1
+    path.write_text(stale := re.sub(rf"(<!-- {name}:start -->\n)", r"\1| hand-edited | 0.999 |\n",
+                                    current), encoding="utf-8")
+    assert stale != current and update_readme.main(["--check"]) == 1
     assert page in capsys.readouterr().out and path.read_text(encoding="utf-8") == stale
-    assert update_readme.main([]) == 0
-    assert path.read_text(encoding="utf-8") == current
+    assert update_readme.main([]) == 0 and path.read_text(encoding="utf-8") == current
 
-
-def test_markers_missing_or_left_behind_are_named(tree):
+def test_markers_missing_or_left_behind_and_an_absent_page_are_named(tree, capsys):
     readme = tree / "README.md"
     text = readme.read_text(encoding="utf-8")
     readme.write_text(text.replace("<!-- results:start -->\n", ""), encoding="utf-8")
@@ -63,28 +53,21 @@ def test_markers_missing_or_left_behind_are_named(tree):
     with pytest.raises(SystemExit, match="block 'performance', which is generated into "
                                          "docs/performance.md"):
         update_readme.main(["--check"])
-
-
-def test_a_block_whose_page_is_absent_is_skipped_and_said(tree, capsys):
+    readme.write_text(text, encoding="utf-8")
     (tree / "docs" / "performance.md").unlink()
-    assert "performance" not in update_readme.blocks()
-    assert update_readme.main(["--check"]) == 0
+    assert "performance" not in update_readme.blocks() and update_readme.main(["--check"]) == 0
     assert "block performance skipped: docs/performance.md does not exist" in \
         capsys.readouterr().out
 
-
-def relative_links(path: Path) -> list[str]:
+def relative_links(path) -> list[str]:
     """The targets of a page's markdown links to files of the repository."""
-    text = path.read_text(encoding="utf-8")
-    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8"))
     return [link for link in dict.fromkeys(links) if not re.match(r"[a-z][\w+.-]*:", link)]
-
 
 @pytest.mark.parametrize("page, link", [(page.relative_to(ROOT).as_posix(), link)
                                         for page in PAGES for link in relative_links(page)])
 def test_linked_files_exist(page, link):
     assert ((ROOT / page).parent / link).exists(), f"{page} links to {link}, which is missing"
-
 
 def test_prediction_example_reads_a_file_that_is_not_utf8(tmp_path, monkeypatch):
     """The README's predict_streams example, run as written on a non-UTF-8 file without
@@ -94,7 +77,7 @@ def test_prediction_example_reads_a_file_that_is_not_utf8(tmp_path, monkeypatch)
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     example = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S)
                    if "predict_streams(" in block)
-    frame = helpers.load_raw(helpers.SAMPLE_DATA).drop(columns="streams")
+    frame = load_raw(SAMPLE_DATA).drop(columns="streams")
     frame.to_csv(tmp_path / "new_songs.csv", index=False, encoding="cp1252", errors="replace")
     with pytest.raises(UnicodeDecodeError):
         (tmp_path / "new_songs.csv").read_bytes().decode("utf-8")

@@ -1,9 +1,9 @@
 """The series' HTML report, and the test-set table it shares with the console and the README.
 
 build_report renders the executed notebooks with nbconvert's HTMLExporter and the template
-in scripts/templates/series_report/ (one self-contained file that works offline): on top the
-answer, the test-set table (models × feature sets, from metrics/06_results.json), the key
-figures the notebooks saved and the conclusions of 06; then a table of contents and each
+templates/series_report/ beside this module (one self-contained file that works offline): on
+top the answer, the test-set table (models × feature sets, from metrics/06_results.json), the
+key figures the notebooks saved and the conclusions of 06; then a table of contents and each
 notebook as a section, code folded, papermill's parameters cells left out. This module builds
 the data; all HTML is in the template.
 """
@@ -14,13 +14,20 @@ import base64
 import html
 import itertools
 import json
+import os
 import re
 from pathlib import Path
 from urllib.parse import unquote
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"  # nbconvert template directories
+from spotify_streams.config import ROOT
+from spotify_streams.files import replacing
+
+# nbconvert's template directories: package data beside this module, also after a
+# non-editable install (pyproject.toml, [tool.setuptools.package-data])
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 TEMPLATE_NAME = "series_report"
 REPORT_TITLE = "Predicting Spotify streams — results report"
+NOTEBOOKS_DIR = ROOT / "notebooks"  # where the notebooks' relative links start
 RESULTS_NOTEBOOK = "06_results"  # writes metrics/06_results.json; its last section concludes
 # The notebooks' own parameters cell and papermill's injected copy of it (with absolute local
 # paths): plumbing, left out of the report.
@@ -183,10 +190,12 @@ class Chapter:
         return self.title.split(":")[0].strip()
 
 
-def rewrite_links(source: str, chapters: dict, current: Chapter | None) -> str:
+def rewrite_links(source: str, chapters: dict, current: Chapter | None,
+                  report_dir: Path | None = None) -> str:
     """Markdown links to notebooks of the report (`02_cleaning.ipynb`, `04_mlp.ipynb#id`, and
     `#id` within the current notebook) pointed at their anchors in the report; a link to a
-    notebook not in the report is left as its plain text."""
+    notebook not in the report is left as its plain text. Other relative links (a notebook's
+    `../docs/model_card.md`) are written relative to report_dir, so they still land."""
     def target(link: str) -> str | None:
         match = NOTEBOOK_LINK.match(link)
         if match:
@@ -197,6 +206,8 @@ def rewrite_links(source: str, chapters: dict, current: Chapter | None) -> str:
             return "#" + chapter.anchors.get(fragment, chapter.stem)
         if link.startswith("#") and current is not None:
             return "#" + current.anchors.get(unquote(link[1:]), link[1:])
+        if report_dir is not None and not re.match(r"[a-z][\w+.-]*:|#|/", link, re.I):
+            return Path(os.path.relpath(NOTEBOOKS_DIR / link, report_dir)).as_posix()
         return link
 
     def markdown_link(match):
@@ -255,20 +266,19 @@ def build_report(executed: list[Path], destination: Path, *, metrics_dir=None,
     """Render the executed notebooks as one self-contained HTML report with the template
     series_report (figures inline as base64): the test-set table from
     metrics_dir/06_results.json, the figures the notebooks saved in figures_dir, `banner`
-    (markdown) on top. Written atomically (helpers.replacing): a failed render leaves an
+    (markdown) on top. Written atomically (files.replacing): a failed render leaves an
     earlier report.html in place."""
     import nbformat
     from nbconvert import HTMLExporter
     from traitlets.config import Config
-
-    import helpers
 
     taken = {"top", "answer", "results", "figures", "conclusions", "contents"}
     chapters = {path.stem: Chapter(Path(path), taken) for path in executed}
     for chapter in chapters.values():
         for cell in chapter.nb.cells:
             if cell.cell_type == "markdown":
-                cell.source = rewrite_links(cell.source, chapters, chapter)
+                cell.source = rewrite_links(cell.source, chapters, chapter,
+                                            Path(destination).resolve().parent)
     results, missing = load_results(metrics_dir, chapters)
     data_name = data_name or (results or {}).get("data")
     meta = [f"Data: {data_name}" if data_name else ""]
@@ -289,7 +299,8 @@ def build_report(executed: list[Path], destination: Path, *, metrics_dir=None,
     if last is not None and last.conclusion:
         anchor, text, markdown = last.conclusion
         report["conclusion"] = {"anchor": anchor, "where": f"{last.short_title} › {text}",
-                                "markdown": rewrite_links(markdown, chapters, last)}
+                                "markdown": rewrite_links(markdown, chapters, last,
+                                                          Path(destination).resolve().parent)}
 
     first = next(iter(chapters.values()), None)
     metadata = {"title": f"{REPORT_TITLE} ({data_name})" if data_name else REPORT_TITLE}
@@ -311,5 +322,5 @@ def build_report(executed: list[Path], destination: Path, *, metrics_dir=None,
                             exclude_input_prompt=True, exclude_output_prompt=True,
                             exclude_anchor_links=True)
     body, _ = exporter.from_notebook_node(combined, resources={"report": report})
-    with helpers.replacing(destination) as partial:  # the old report until done
+    with replacing(destination) as partial:  # the old report until done
         partial.write_text(body, encoding="utf-8")

@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DRIFT_FILE = ROOT / "reports" / "drift.json"
+from spotify_streams.config import REPORTS_DIR
+
+DRIFT_FILE = REPORTS_DIR / "drift.json"
 
 # T = the 1-2-5 step at or above SAFETY x the largest drift measured (a few emulated CPUs are
 # a small sample of all CPUs), never below the floor (metrics are stored with 6 decimals).
@@ -101,8 +102,6 @@ def load_contract(path: Path | str = DRIFT_FILE) -> Contract:
 
 
 # --- Metrics files ------------------------------------------------------------------------
-
-
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -123,12 +122,6 @@ def normalized(committed: float, fresh: float) -> float:
 Item = namedtuple("Item", "path committed fresh kind")
 
 
-def _row_label(row, index: int) -> str:
-    names = [f"{k}={v}" for k, v in row.items() if isinstance(v, str)][:3] \
-        if isinstance(row, dict) else []
-    return ", ".join(names) or str(index)
-
-
 def walk(committed, fresh, path: str = "", name: str = "", exact: bool = False,
          unstable: bool = False) -> Iterator[Item]:
     """Pair up two JSON payloads: an Item per compared value and per structural difference.
@@ -147,12 +140,12 @@ def walk(committed, fresh, path: str = "", name: str = "", exact: bool = False,
     elif isinstance(committed, list) and isinstance(fresh, list):
         if len(committed) != len(fresh):
             yield Item(f"{path} (row count)", len(committed), len(fresh), "structure")
-        for i, (a, b) in enumerate(zip(committed, fresh)):
-            yield from walk(a, b, f"{path}[{_row_label(a, i)}]", name, exact, unstable)
-    elif unstable:
-        yield Item(path, committed, fresh, "unstable")
-    else:
-        yield Item(path, committed, fresh,
+        for i, (a, b) in enumerate(zip(committed, fresh)):  # a row: its first 3 texts, or i
+            names = [f"{k}={v}" for k, v in a.items() if isinstance(v, str)] \
+                if isinstance(a, dict) else []
+            yield from walk(a, b, f"{path}[{', '.join(names[:3]) or i}]", name, exact, unstable)
+    else:  # one value
+        yield Item(path, committed, fresh, "unstable" if unstable else
                    "float" if not exact and is_float_pair(committed, fresh) else "exact")
 
 
@@ -160,7 +153,7 @@ def _fmt(value) -> str:
     return repr(value) if isinstance(value, float) else json.dumps(value, ensure_ascii=False)
 
 
-def same(a, b) -> bool:
+def same(a, b) -> bool:  # exact, NaN equal to NaN
     return type(a) is type(b) and (a == b or (a != a and b != b))
 
 
@@ -173,9 +166,8 @@ def compare_metrics(name: str, committed, fresh, contract: Contract) -> list[str
         if item.kind == "structure":
             messages.append(f"{where}: structure differs: committed {_fmt(c)}, fresh {_fmt(f)}")
         elif item.kind == "exact" and not same(c, f):
-            why = ("a configuration choice, contract.CHOICES" if is_float_pair(c, f)
-                   else f"type {type(c).__name__} vs {type(f).__name__}"
-                   if type(c) is not type(f) else f"type {type(c).__name__}")
+            why = ("a configuration choice, contract.CHOICES" if is_float_pair(c, f) else
+                   "type " + " vs ".join(dict.fromkeys(type(x).__name__ for x in (c, f))))
             messages.append(f"{where}: committed {_fmt(c)}, fresh {_fmt(f)}: compared "
                             f"exactly ({why})")
         elif item.kind == "float" and normalized(c, f) > contract.tolerance * (1 + 1e-9):
@@ -186,8 +178,6 @@ def compare_metrics(name: str, committed, fresh, contract: Contract) -> list[str
 
 
 # --- Figures ------------------------------------------------------------------------------
-
-
 def image_rms(committed_png, fresh_png, keep_diff: Path | None = None) -> float:
     """RMS pixel difference (0-255) as matplotlib's compare_images computes it; inf when the
     sizes differ. Images may be paths or PNG bytes; keep_diff: copy the difference image."""
@@ -195,15 +185,11 @@ def image_rms(committed_png, fresh_png, keep_diff: Path | None = None) -> float:
     from PIL import Image
 
     with tempfile.TemporaryDirectory() as tmp:
-        paths = []
-        for name, image in (("expected.png", committed_png), ("actual.png", fresh_png)):
-            paths.append(Path(tmp) / name)
-            if isinstance(image, bytes | bytearray):
-                paths[-1].write_bytes(image)
-            else:
-                shutil.copyfile(image, paths[-1])
-        sizes = [Image.open(p).size for p in paths]
-        if sizes[0] != sizes[1]:
+        paths = [Path(tmp) / "expected.png", Path(tmp) / "actual.png"]
+        for path, image in zip(paths, (committed_png, fresh_png)):  # PNG bytes or a file
+            path.write_bytes(image if isinstance(image, bytes | bytearray) else
+                             Path(image).read_bytes())
+        if Image.open(paths[0]).size != Image.open(paths[1]).size:
             return math.inf
         result = compare_images(str(paths[0]), str(paths[1]), tol=-1, in_decorator=True)
         if result is None:  # identical pixels
@@ -223,23 +209,19 @@ def compare_figure(committed_png, fresh_png, name: str, contract: Contract,
         rms = image_rms(committed_png, fresh_png, keep_diff=target)
     except Exception as exc:  # not a readable PNG
         return f"{name}: cannot compare images ({exc})"
-    if rms <= contract.image_tolerance:
-        return None
     what = "image size changed" if rms == math.inf else f"RMS {rms:.3f}"
-    return (f"{name}: {what} > image tolerance {contract.image_tolerance:g}"
-            + (f"; difference image: {target}" if target and target.is_file() else ""))
+    return None if rms <= contract.image_tolerance else (
+        f"{name}: {what} > image tolerance {contract.image_tolerance:g}"
+        + (f"; difference image: {target}" if target and target.is_file() else ""))
 
 
 # --- Printed text (notebook cell outputs) -------------------------------------------------
-
 # A number not inside an identifier (r2, log10, AVX2, split0) or after a decimal point: sign
 # (also U+2212), digits with optional thousands separators, decimals, exponent, percent sign.
 NUMBER_RE = re.compile(
     r"(?<![\w.])(?P<sign>[+\-\u2212]?)(?P<int>[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)"
     r"(?:\.(?P<frac>[0-9]+))?(?:[eE](?P<exp>[+\-\u2212]?[0-9]+))?(?P<pct>%)?(?![0-9A-Za-z_])")
 FLOAT_MARK = "<float>"
-
-
 Printed = namedtuple("Printed", "text value unit line")  # unit: one unit of the last digit
 
 
@@ -265,30 +247,29 @@ def split_floats(text: str) -> tuple[str, list[Printed]]:
     return re.sub(r"[ \t]+", " ", NUMBER_RE.sub(replace, text)), floats
 
 
-def _clip(line: str, width: int = 160) -> str:
-    line = line.strip()
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
 def compare_text(committed: str, fresh: str, contract: Contract) -> list[str]:
     """Messages for two printed texts under the rule."""
     if committed == fresh:
         return []
     (template_c, floats_c), (template_f, floats_f) = split_floats(committed), split_floats(fresh)
     lines_c, lines_f = committed.split("\n"), fresh.split("\n")
+
+    def both(i):  # the two lines, each clipped to 160 characters
+        c, f = (x.strip() if len(x.strip()) <= 160 else x.strip()[:159] + "…"
+                for x in (lines_c[i], lines_f[i]))
+        return f"\n    committed: {c}\n    fresh:     {f}"
+
     if template_c != template_f:
         t_c, t_f = template_c.split("\n"), template_f.split("\n")
         if len(t_c) != len(t_f):
             return [f"line count differs: committed {len(t_c)}, fresh {len(t_f)}"]
         i = next(i for i, (a, b) in enumerate(zip(t_c, t_f)) if a != b)
-        counts = [(a.group(0), b.group(0)) for a, b in zip(NUMBER_RE.finditer(t_c[i]),
-                                                           NUMBER_RE.finditer(t_f[i]))
-                  if a.group(0) != b.group(0)]
+        pairs = zip(NUMBER_RE.finditer(t_c[i]), NUMBER_RE.finditer(t_f[i]))
+        counts = [(a.group(0), b.group(0)) for a, b in pairs if a.group(0) != b.group(0)]
         what = (f"count {counts[0][0]} -> {counts[0][1]} (a number without a decimal point is "
                 "a count, compared exactly)" if counts and
                 NUMBER_RE.sub("#", t_c[i]) == NUMBER_RE.sub("#", t_f[i]) else "text differs")
-        return [f"line {i + 1}: {what}\n    committed: {_clip(lines_c[i])}\n"
-                f"    fresh:     {_clip(lines_f[i])}"]
+        return [f"line {i + 1}: {what}" + both(i)]
     messages = []
     for a, b in zip(floats_c, floats_f):
         allowed = contract.allowed(a.value, a.unit)
@@ -297,14 +278,14 @@ def compare_text(committed: str, fresh: str, contract: Contract) -> list[str]:
                 f"line {a.line}: committed {a.text}, fresh {b.text}: difference "
                 f"{b.value - a.value:+.4g} > tolerance {allowed:.4g} (T = "
                 f"{contract.tolerance:g} x max(1, |committed|) + {a.unit:g} for the last printed "
-                f"digit)\n    committed: {_clip(lines_c[a.line - 1])}\n"
-                f"    fresh:     {_clip(lines_f[a.line - 1])}")
+                "digit)" + both(a.line - 1))
     return messages
 
 
 TEXT_MIMES = ("text/plain", "text/html", "text/markdown", "text/latex")
 _CR = re.compile(r"^.*\r(?=[^\n])", re.MULTILINE)
 _BS = re.compile("[^\n]\x08")  # a character erased by a backspace
+SKIPPED_TAGS = {"nbval-ignore-output", "injected-parameters"}  # compare_notebooks skips
 
 
 def _text(value) -> str:
@@ -333,8 +314,8 @@ def output_texts(outputs, sanitize: Callable[[str], str] = str) -> dict:
                 if mime in TEXT_MIMES:
                     keyed.setdefault(mime, []).append(sanitize(_text(value)))
         elif kind == "error":
-            keyed.setdefault("error", []).append(sanitize(f"{out.get('ename')}: "
-                                                          f"{out.get('evalue')}"))
+            error = f"{out.get('ename')}: {out.get('evalue')}"
+            keyed.setdefault("error", []).append(sanitize(error))
     for key, text in streams.items():
         keyed[key] = [sanitize(_clean_stream(text))]
     return keyed
@@ -380,21 +361,15 @@ def sanitizer_from_file(path: Path | str) -> Callable[[str], str]:
     return lambda text: functools.reduce(lambda t, p: re.sub(p[0], p[1], t), patterns, text)
 
 
-SKIPPED_TAGS = {"nbval-ignore-output", "injected-parameters"}
-
-
 def compare_notebooks(committed_nb, fresh_nb, contract: Contract,
                       sanitize: Callable[[str], str] = str, name: str = "notebook") -> list[str]:
     """Every code cell's outputs under the rule, as the test session compares them (cells
     tagged nbval-ignore-output skipped; `Cell N` = N-th code cell, as nbval counts)."""
-    def code(nb):
-        return [c for c in nb["cells"] if c.get("cell_type") == "code"
-                and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
-
-    cells_c, cells_f = code(committed_nb), code(fresh_nb)
+    cells_c, cells_f = ([c for c in nb["cells"] if c.get("cell_type") == "code" and
+                         "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+                        for nb in (committed_nb, fresh_nb))
     if len(cells_c) != len(cells_f):
-        return [f"{name}: code cell count differs: committed {len(cells_c)}, "
-                f"fresh {len(cells_f)}"]
+        return [f"{name}: code cell count differs: committed {len(cells_c)}, fresh {len(cells_f)}"]
     messages = []
     for number, (a, b) in enumerate(zip(cells_c, cells_f)):
         if not SKIPPED_TAGS & set(a.get("metadata", {}).get("tags", [])):
@@ -403,8 +378,7 @@ def compare_notebooks(committed_nb, fresh_nb, contract: Contract,
     return messages
 
 
-# --- numpy's dispatch levels (emulated by conftest.py and scripts/measure_drift.py) -------
-
+# --- numpy's dispatch levels (emulated by conftest.py and measure_drift) -----------------
 X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
 X86_LEVEL = re.compile(r"X86_V\d")
 
@@ -412,7 +386,6 @@ X86_LEVEL = re.compile(r"X86_V\d")
 def simd_extensions() -> dict:
     """numpy's public report of its SIMD dispatch (as np.show_runtime() prints it)."""
     import numpy
-
     return numpy.show_config(mode="dicts")["SIMD Extensions"]
 
 

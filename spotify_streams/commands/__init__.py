@@ -1,0 +1,1 @@
+"""The series' commands (pyproject [project.scripts]): run, predict, bench, drift, readme."""

@@ -1,0 +1,222 @@
+"""Regenerate the generated blocks of README.md and docs/*.md from the committed reports.
+
+Usage: spotify-readme [--check]   (also: python scripts/update_readme.py [--check])
+  --check  exit 1 (and say which page and block) if a block is out of date, instead of
+           rewriting it.
+A block sits between `<!-- NAME:start -->` and `<!-- NAME:end -->` markers in the page that
+BLOCKS names for it, and is generated from a file in reports/. A block whose report or page
+does not exist is skipped, and the run says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from spotify_streams.commands.measure_drift import contract_block as drift_block
+from spotify_streams.commands.series_report import headline_table  # the report's test-set table
+from spotify_streams.config import REPORTS_DIR, ROOT
+
+README = ROOT / "README.md"
+MARKER = re.compile(r"^<!-- ([\w-]+):start -->$", re.M)  # a line of its own
+
+
+def results_block(results: dict) -> str:
+    """The test-set table of 06_results.json (models × feature sets, as in the report and the
+    console summary), what it measures, and the quality-bar sentence."""
+    columns, rows = headline_table(results["headline"])
+    lines = ["| " + " | ".join(columns) + " |", "|---" + "|--:" * (len(columns) - 1) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    tuned = ", ".join(f"{k} {v}" for k, v in results.get("tuned", {}).items())
+    lines += ["", f"Test R² on log10(streams) of the {results['n_test']} held-out songs by "
+              f"{results.get('n_test_artists', 'their')} artists never seen in training "
+              f"({results['n_train']} songs for training and cross-validation), with a 95 % "
+              "interval from resampling those artists; —: not run on that feature set. "
+              + (f"Tuned MLP: notebook 05's grid ({tuned}). " if tuned else "")
+              + "hgb / rf tuned: notebook 05's searches per feature set; hgb: scikit-learn's "
+              "defaults. Typical error: 10^(median |log10 error|), the factor within which half "
+              "of the songs are predicted."]
+    if results.get("paired"):
+        lines += ["", quality_bar(results)]
+    return "\n".join(lines)
+
+
+def quality_bar(results: dict) -> str:
+    """The quality-bar sentence and the final model, from 06's paired comparisons (full set;
+    the corrected resampled t-test, Holm-corrected over the notebook's family)."""
+    paired = {r["comparison"]: r for r in results["paired"] if r["feature_set"] == "full"}
+
+    def judged(name):
+        row = paired[name]
+        d = row["difference"]
+        verdict = ("beats" if d > 0 else "falls short of") if row["verdict"] == "real" else \
+            "is not shown to differ from"
+        return (f"{verdict} {name.split(' − ')[1]} ({d:+.3f} R² [{row['ci_low']:+.3f}, "
+                f"{row['ci_high']:+.3f}], p = {row['p_value']:.3f})")
+
+    final = results.get("final_model")
+    return ("Quality bar (full set; paired differences over the 15 CV folds with their 95 % "
+            "t intervals, Holm-corrected): the tuned MLP " + judged("tuned MLP − linear")
+            + " and " + judged("tuned MLP − hgb tuned") + "; the ensemble "
+            + judged("ensemble − hgb tuned") + "."
+            + (f" The final model, chosen by the best CV score: {final}; the pre-release "
+               f"forecaster: {results['forecaster']}." if final else ""))
+
+
+def forecast_block(results: dict) -> str:
+    """The measured coverage and median width of the saved models' prediction intervals."""
+    if not results.get("coverage"):
+        return "The prediction intervals have not been measured yet (notebook 06)."
+    names = {"final": f"final model ({results.get('final_model')}, full set)",
+             "pre-release": f"forecaster ({results.get('forecaster')}, pre-release)"}
+    lines = ["| model | interval | share of test songs inside | median width (upper ÷ lower) |",
+             "|---|--:|--:|--:|"]
+    lines += [f"| {names.get(r['model'], r['model'])} | {r['interval']} | "
+              f"{r['coverage on the test set']:.0%} | ×{r['median width (upper ÷ lower)']:.1f} |"
+              for r in results["coverage"]]
+    headline = {(r["model"], r["feature_set"]): r for r in results["headline"]}
+    forecaster = headline.get((results.get("forecaster"), "pre-release"))
+    if forecaster:
+        lines += ["", f"The forecaster's test R² is {forecaster['r2']:.3f} "
+                  f"[{forecaster['r2_low']:.2f}, {forecaster['r2_high']:.2f}]; its typical "
+                  f"error ×{forecaster['median_factor']:.2f}."]
+    return "\n".join(lines)
+
+
+def performance_block(bench: dict) -> str:
+    """Markdown table of the benchmark figures ("not measured" where a figure is missing)."""
+    def show(key, template):
+        value = bench["figures"].get(key)
+        return "not measured" if value is None else template.format(value)
+
+    scaling = ", ".join(f"{int(rows):,} rows {seconds:.0f} s"
+                        for rows, seconds in bench.get("scaling_quick_series_s", {}).items())
+    lines = [
+        f"Measured by `make bench` on {bench['machine']} ({bench['date']}):",
+        "",
+        "| what | figure | goal |",
+        "|---|---|---|",
+        "| one 100-epoch fit, the original report's plain `model.fit` | "
+        f"{show('naive_fit_s', '{:.2f} s')} | |",
+        "| one 100-epoch fit, the project's Keras path (`make_mlp`) | "
+        f"{show('fast_fit_s', '{:.2f} s')} | |",
+        f"| speed-up per fit | {show('speedup_single', '× {:.1f}')} | ≥ × 10 |",
+        "| the original grid, 32 configs × 5 folds, `GridSearchCV` on 2 processes | "
+        f"{show('grid_s', '{:.0f} s')} | ≤ 60 s |",
+        "| the same grid the original way, one fit after another (estimate) | "
+        f"{show('naive_grid_s', '{:.0f} s')} | |",
+        f"| speed-up of the grid | {show('speedup_grid', '× {:.1f}')} | ≥ × 25 |",
+        f"| Keras's own training step, warmed model | {show('step_ms', '{:.2f} ms')} | |",
+        "| the grid's floor: its training steps × one step ÷ 2 processes | "
+        f"{show('grid_floor_s', '{:.0f} s')} | |",
+        f"| the grid as a multiple of its floor | {show('grid_over_floor', '× {:.2f}')} | |",
+        f"| whole series under papermill | {show('series_s', '{:.0f} s')} | ≤ 240 s |",
+        "| peak memory of the series (largest kernel) | "
+        f"{show('peak_memory_mb', '{:.0f} MB')} | ≤ 2048 MB |",
+        "| two quick series at once, the slower as a multiple of one alone | "
+        f"{show('contention_two_runs', '× {:.2f}')} | ≤ × 2.5 |",
+        "| a quick series beside a busy loop, as a multiple of alone | "
+        f"{show('contention_busy_loop', '× {:.2f}')} | ≤ × 2.5 |",
+    ]
+    if scaling:
+        lines += ["", f"Quick-mode series on synthetic samples: {scaling}."]
+    return "\n".join(lines)
+
+
+def runtime_block(bench: dict) -> str:
+    """One sentence for the README: how long the whole series took in the benchmark."""
+    seconds = bench["figures"].get("series_s")
+    if seconds is None:
+        return "The whole series has not been timed yet (`make bench`)."
+    return (f"On the benchmark's machine ({bench['machine']}) the whole series took "
+            f"{seconds:.0f} s, about {seconds / 60:.0f} minutes, on the real file "
+            f"({bench['date']}).")
+
+
+def contract_block(drift: dict) -> str:
+    """The reproducibility contract's measured figures: measure_drift renders them (make drift
+    writes the same block when it measures)."""
+    return drift_block(drift)
+
+
+# name: (the page it lives in, the report it is generated from, relative to reports/, and
+# the function that renders it)
+BLOCKS = {
+    "results": ("README.md", "metrics/06_results.json", results_block),
+    "forecast": ("README.md", "metrics/06_results.json", forecast_block),
+    "runtime": ("README.md", "benchmark.json", runtime_block),
+    "performance": ("docs/performance.md", "benchmark.json", performance_block),
+    "contract": ("docs/reproducibility.md", "drift.json", contract_block),
+}
+
+
+def blocks() -> dict:
+    """The generated text of every block whose report and page exist."""
+    out = {}
+    for name, (page, source, renderer) in BLOCKS.items():
+        report = REPORTS_DIR / source
+        if report.is_file() and (ROOT / page).is_file():
+            out[name] = renderer(json.loads(report.read_text(encoding="utf-8")))
+    return out
+
+
+def render(text: str, generated: dict, page: str = "README.md") -> str:
+    """A page's text with each of its blocks replaced by its generated content."""
+    for name, body in generated.items():
+        if BLOCKS[name][0] != page:
+            continue
+        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"{page} has no <!-- {name}:start --> ... <!-- {name}:end --> "
+                             "markers; put them where the block belongs, or change its page "
+                             "in spotify_streams/commands/update_readme.py's BLOCKS")
+        text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(2), text)
+    for name in MARKER.findall(text):  # a block no one generates, or left behind
+        if name not in BLOCKS:
+            raise SystemExit(f"{page} has the markers of a block {name!r} that BLOCKS in "
+                             "spotify_streams/commands/update_readme.py does not know: add it "
+                             "there or remove the markers")
+        if BLOCKS[name][0] != page:
+            raise SystemExit(f"{page} has the markers of block {name!r}, which is generated "
+                             f"into {BLOCKS[name][0]}: remove them from {page}")
+    return text
+
+
+def pages() -> list[Path]:
+    """The pages that can hold blocks: README.md and docs/*.md."""
+    return [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def main(argv=None) -> int:
+    """Rewrite the pages' blocks, or with --check report whether they are current."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check, do not write")
+    args = parser.parse_args(argv)
+    generated = blocks()
+    for name in BLOCKS.keys() - generated.keys():
+        page, source, _ = BLOCKS[name]
+        missing = page if not (ROOT / page).is_file() else f"reports/{source}"
+        print(f"block {name} skipped: {missing} does not exist")
+    stale = []
+    for path in pages():
+        page = path.relative_to(ROOT).as_posix()
+        current = path.read_text(encoding="utf-8")
+        updated = render(current, generated, page)
+        if updated == current:
+            continue
+        stale.append(page)
+        if not args.check:
+            path.write_text(updated, encoding="utf-8")
+            print(f"{page} updated")
+    if args.check and stale:
+        print(f"stale generated blocks in {', '.join(stale)}: run `make readme` "
+              "(spotify-readme) and commit")
+        return 1
+    print("generated blocks up to date" if args.check or not stale else "done")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Models: the baselines, the Keras network, the tie rule, saved models and predictions."""

@@ -1,0 +1,355 @@
+"""Reading and cleaning the file (every quirk, every refusal), runs and parameters, the error
+types and the runtime settings."""
+
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spotify_streams import config
+from spotify_streams.config import BUILD_DIR, REPORTS_DIR, SAMPLE_DATA, resolve_run
+from spotify_streams.dataset import clean, load_raw, load_songs, save_clean
+from spotify_streams.errors import DataError, MissingStepError, ParameterError
+from spotify_streams.evaluation import check_data
+from spotify_streams.features import add_features, feature_columns, make_preprocessor
+from spotify_streams.metrics_files import load_metrics, save_metrics
+from spotify_streams.runtime import RUNTIME_ENVIRONMENT, configure_runtime
+from spotify_streams.schema import REQUIRED_COLUMNS, RESERVED_COLUMNS
+
+HEADER = ",".join(f'"{c}"' if "," in c else c for c in REQUIRED_COLUMNS)
+
+def row(name="Song", artist="Artist", streams="123456789", year="2022", key="A", shazam="3",
+        deezer="12", mode="Major", playlists="100"):
+    """One CSV line in the original column order."""
+    values = [name, artist, "1", year, "5", "20", playlists, "4", streams, "30", "2", deezer, "1",
+              shazam, "120", key, mode, "50", "50", "50", "10", "0", "10", "5"]
+    return ",".join(f'"{v}"' if "," in v else v for v in values)
+
+def write(tmp_path, lines, name="data.csv", encoding="utf-8", newline="\n", bom=False):
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" * bom + (newline.join(lines) + newline).encode(encoding))
+    return path
+
+def good_lines(n=5):
+    return [HEADER] + [row(name=f"Song {i}", streams=str(10_000_000 * (i + 1))) for i in range(n)]
+
+def cleaned(tmp_path, *extra, **options):
+    return clean(load_raw(write(tmp_path, good_lines() + list(extra))), **options)
+
+def steps(result):
+    return result.steps_table().set_index("step")["rows"]
+
+@pytest.fixture(scope="module")
+def sample_raw():
+    return load_raw(SAMPLE_DATA)
+
+@pytest.fixture(scope="module")
+def sample_clean(sample_raw):
+    return clean(sample_raw)
+
+@pytest.mark.parametrize("variant", ["bom", "crlf", "cp1252", "reordered", "trailing"])
+def test_variants_give_the_same_frame(tmp_path, variant):
+    lines = good_lines()
+    lines[1] = lines[1].replace("Song 0", "Canción")
+    reference = load_raw(write(tmp_path, lines, "ref.csv"))
+    if variant == "reordered":
+        frame = pd.read_csv(write(tmp_path, lines, "tmp.csv"), dtype=str)
+        frame[frame.columns[::-1]].to_csv(path := tmp_path / "data.csv", index=False)
+    else:
+        path = write(tmp_path, [line + ",," * (variant == "trailing") for line in lines],
+                     encoding="cp1252" if variant == "cp1252" else "utf-8",
+                     newline="\r\n" if variant == "crlf" else "\n", bom=variant == "bom")
+    pd.testing.assert_frame_equal(load_raw(path), reference)
+
+def test_cp1252_file_with_an_accent_next_to_a_symbol_keeps_its_accents(tmp_path):
+    """'é’' looks like a UTF-8 lead/continuation pair in CP1252 bytes; the file's other accents
+    stand alone, so it is read as CP1252 and logged."""
+    lines = good_lines()
+    lines[1] = lines[1].replace("Song 0", "Café’s Song")
+    lines[2] = lines[2].replace("Song 1", "Canción")
+    lines[3] = lines[3].replace("Artist", "Beyoncé")
+    frame = load_raw(write(tmp_path, lines, encoding="cp1252"))
+    assert frame["track_name"].tolist()[:2] == ["Café’s Song", "Canción"]
+    assert frame.loc[2, "artist(s)_name"] == "Beyoncé"
+    log = clean(frame).steps_table().set_index("step")
+    assert log.loc["file encoding", "rows"] == 3 and "CP1252" in log.loc["file encoding", "action"]
+    assert log.loc["encoding damage in names", "rows"] == 0
+
+def test_damaged_utf8_stays_utf8_and_each_damage_is_marked_once(tmp_path):
+    """Like the original file: mostly UTF-8, a cut sequence, a stray byte, runs of U+FFFD;
+    CRLF; the file itself is never modified."""
+    body = "\r\n".join(good_lines() + [row(name="Canción")]).encode()
+    for old, new in [(b"Song 0", b"Beyonc\xef\xbf"), (b"Song 1", b"Caf\xe9"),
+                     (b"Song 2", b"L\xef\xbf\xbd\xef\xbf\xbd\xef\xbf")]:
+        body = body.replace(old, new)
+    (path := tmp_path / "d.csv").write_bytes(body + b"\r\n")
+    before = hashlib.sha256(body + b"\r\n").hexdigest()
+    result = clean(raw := load_raw(path))
+    assert raw["track_name"].tolist()[:3] == ["Beyonc\ufffd", "Caf\ufffd", "L\ufffd\ufffd\ufffd"]
+    assert result.data["track_name"].tolist()[2] == "L\ufffd" and raw.iloc[2, 0] != "L\ufffd"
+    assert steps(result)["encoding damage in names"] == 3 and "file encoding" not in steps(result)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+def zipped(path):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("spotify-2023.csv", "\n".join(good_lines()))
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "not found.*kaggle"),
+    (lambda p: p.mkdir(), "is a folder, not a CSV file"),
+    (lambda p: p.write_bytes(b""), "empty"),
+    (lambda p: p.write_bytes(b"\xef\xbb\xbf  \r\n"), "empty"),
+    (lambda p: p.write_bytes((HEADER + "\n").encode()), "no data rows"),
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00binary"), "not a CSV"),
+    (lambda p: p.write_bytes(b"a,b,c\n1,2,3\n"), "does not look like"),
+    (zipped, "ZIP archive. Unzip it"),
+    *[(lambda p, e=e: p.write_bytes("\n".join(good_lines()).encode(e)), "UTF-16.*CSV UTF-8")
+      for e in ("utf-16", "utf-16-le", "utf-16-be")],
+])
+def test_unusable_files_are_refused_with_the_fix(tmp_path, make, message):
+    make(path := tmp_path / "spotify-2023.csv")
+    with pytest.raises(DataError, match=message) as error:
+        load_raw(path)
+    assert "UTF-16" not in message or "unzip" not in str(error.value).lower()
+
+def test_columns_extra_reserved_missing_and_the_target_for_rows_to_predict(tmp_path):
+    for column in RESERVED_COLUMNS:
+        lines = [f"{HEADER},{column}"] + [f"{line},7" for line in good_lines()[1:]]
+        with pytest.raises(DataError, match=f"named {column}, which cleaning adds"):
+            load_raw(write(tmp_path, lines))
+    lines = [f"extra,{HEADER}"] + [f"x,{line}" for line in good_lines()[1:]]
+    assert load_raw(write(tmp_path, lines)).columns.tolist() == [*REQUIRED_COLUMNS, "extra"]
+    frame = pd.read_csv(write(tmp_path, good_lines(), "ok.csv"), dtype=str)
+    frame.drop(columns="streams").to_csv(path := tmp_path / "new.csv", index=False)
+    with pytest.raises(DataError, match="lacks required column.*streams"):
+        load_raw(path)
+    assert "streams" not in load_raw(path, target=False).columns
+    frame.drop(columns=["bpm", "mode"]).to_csv(path, index=False)
+    with pytest.raises(DataError, match="lacks required column.*bpm, mode"):
+        load_raw(path)
+
+@pytest.mark.parametrize("lines, message", [
+    ([row(name="X", playlists="lots")], r"'in_spotify_playlists'.*'lots'"),
+    ([row(name="X", playlists="Infinity")], r"'in_spotify_playlists'.*'Infinity'"),
+    ([row(name="X", key="H")], r"'key'.*'H'.*allowed"),
+    ([row(name="X", mode="minor")], r"'mode'.*'minor'.*allowed"),
+])
+def test_values_that_are_not_numbers_keys_or_modes_are_named(tmp_path, lines, message):
+    with pytest.raises(DataError, match=message):
+        cleaned(tmp_path, *lines)
+
+@pytest.mark.parametrize("value, message", [("", "usable 'streams'"),
+                                            ("n/a", "'streams' holds 3 value.*stream counts")])
+def test_a_target_without_usable_rows(tmp_path, value, message):
+    with pytest.raises(DataError, match=message):
+        clean(load_raw(write(tmp_path, [HEADER] + [row(name=f"S{i}", streams=value)
+                                                   for i in range(3)])))
+
+def test_each_quirk_is_dropped_or_filled_and_counted(tmp_path):
+    result = cleaned(tmp_path, row(name="Bad", streams="BPM110KeyAModeMajor"),
+                     row(name="NoMode", mode=""), row(name="NoShazam", shazam=""),
+                     row(name="NoKey", key=""), row(name="Twin", streams="500000000",
+                                                    playlists="10"),
+                     row(name="twin ", streams="700000000", playlists="5"),
+                     row(name="Tiny", streams="2762"), row(name="Old", year="1930"),
+                     row(name="Classic", year="1942"), row(name="Sep", deezer="1,021",
+                                                           shazam="2,000"))
+    data = result.data.set_index("track_name")
+    assert {"Bad", "NoMode", "Tiny", "Old", "Twin"} & set(data.index) == set()
+    assert data.loc["twin", "streams"] == 700_000_000  # the copy with more streams
+    assert data.loc["NoKey", "key"] == "C" and np.isnan(data.loc["NoShazam", "in_shazam_charts"])
+    assert data.loc["Sep", ["in_deezer_playlists", "in_shazam_charts"]].tolist() == [1021, 2000]
+    assert data.loc["Song 0", "in_deezer_playlists"] == 12 and steps(result)[
+        "thousands separators"] == 2
+    assert steps(result)[["corrupted streams value", "missing numbers or mode",
+                          "missing in_shazam_charts", "duplicate track/artist pairs",
+                          "streams below 100,000", "release year before 1940"]].tolist() == [1] * 6
+    assert result.data["streams"].dtype == np.int64 and data.loc["Classic", "released_year"] == 1942
+    assert isinstance(data["key"].dtype, pd.CategoricalDtype)
+    assert list(data["mode"].cat.categories) == ["Major", "Minor"]
+    assert data.loc["Song 0", "release_date"] == pd.Timestamp("2022-05-20")
+    assert data["days_since_release"].min() == 0
+    with_c = cleaned(tmp_path, row(name="NoKey", key=""), row(name="HasC", key="C")).data
+    assert with_c.set_index("track_name").loc["NoKey", "key"] == "unknown"
+
+def test_the_target_based_decisions_can_be_varied(tmp_path):
+    """Notebook 06 measures what the two decisions that look at streams change."""
+    raw = load_raw(write(tmp_path, good_lines() + [
+        row(name="Twin", streams="500000000"), row(name="twin", streams="700000000"),
+        row(name="Tiny", streams="2762")]))
+    first = clean(raw, keep_repeat="first listed").data
+    assert first.loc[first["track_name"].str.casefold() == "twin", "streams"].tolist() == [5e8]
+    assert "Tiny" in clean(raw, min_streams=0).data["track_name"].tolist()
+    with pytest.raises(ValueError, match="keep_repeat='last'"):
+        clean(raw, keep_repeat="last")
+    copy = raw.copy()
+    clean(raw)
+    pd.testing.assert_frame_equal(raw, copy)  # the input frame is unchanged
+
+def test_load_songs_reads_what_save_clean_wrote_or_rebuilds_it(tmp_path, sample_clean, capsys):
+    """A notebook opened alone (no 02 before it) rebuilds the cleaned table as 02 does."""
+    run = resolve_run(SAMPLE_DATA, tmp_path)
+    songs = load_songs(run)
+    assert "Cleaned data not found" in capsys.readouterr().out and run.processed_path.is_file()
+    save_clean(sample_clean, run.processed_path)
+    back = load_songs(run)
+    assert capsys.readouterr().out == ""  # present: read, not rebuilt
+    for frame in (songs, back):
+        pd.testing.assert_frame_equal(frame.drop(columns="release_weekday"), sample_clean.data,
+                                      check_dtype=False)
+    assert back["key"].dtype == sample_clean.data["key"].dtype
+    assert back["release_weekday"].notna().all()
+
+def test_the_committed_sample_is_what_the_generator_makes_with_every_quirk(sample_clean):
+    from spotify_streams.commands import synthetic_sample
+
+    raw_bytes = SAMPLE_DATA.read_bytes()
+    assert raw_bytes == synthetic_sample.make_synthetic_sample()
+    with pytest.raises(UnicodeDecodeError):
+        raw_bytes.decode("utf-8")
+    assert b"\r\n" in raw_bytes
+    found = steps(sample_clean)
+    assert found["duplicate track/artist pairs"] == 4
+    assert (found[["encoding damage in names", "thousands separators", "corrupted streams value",
+                   "missing key", "missing in_shazam_charts", "streams below 100,000",
+                   "release year before 1940"]] >= 1).all()
+    assert not {"values out of range", "file encoding"} & set(found.index)  # logged only if used
+    assert not found.index.str.startswith("release date after").any()
+
+def test_resolve_run_defaults_and_output_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "RAW_DATA", tmp_path / "absent.csv")
+    run = resolve_run()
+    assert run.is_synthetic and not run.is_real and "SYNTHETIC" in config.data_banner(run)
+    assert run.metrics_dir == BUILD_DIR / "synthetic" / "metrics"
+    run = resolve_run(SAMPLE_DATA, tmp_path / "out")
+    assert run.metrics_dir == tmp_path / "out" / "metrics"
+    assert run.processed_path.is_relative_to(tmp_path / "out")
+    assert run.models_dir.is_relative_to(tmp_path / "out")
+    run = resolve_run(write(tmp_path, good_lines(), "mine.csv"))
+    assert run.output_dir == BUILD_DIR / "mine" and "not the original" in config.data_banner(run)
+
+def test_the_real_file_writes_reports_or_their_copy_but_a_quick_run_never(tmp_path, monkeypatch):
+    """papermill -p QUICK True on the real file used to rewrite reports/ with smoke results;
+    SERIES_REPORTS_DIR (the test session) redirects the committed results."""
+    real = write(tmp_path, good_lines(), "spotify-2023.csv")
+    monkeypatch.setattr(config, "REAL_SHA256", config.file_sha256(real))
+    monkeypatch.delenv("SERIES_REPORTS_DIR", raising=False)  # set by conftest.py
+    full, quick = resolve_run(real), resolve_run(real, quick=True)
+    assert full.is_real and full.metrics_dir == REPORTS_DIR / "metrics"
+    assert quick.is_real and quick.output_dir == BUILD_DIR / "real-quick"
+    assert not quick.metrics_dir.is_relative_to(REPORTS_DIR)
+    assert not quick.figures_dir.is_relative_to(REPORTS_DIR)
+    monkeypatch.setenv("SERIES_REPORTS_DIR", str(tmp_path / "copy"))
+    assert resolve_run(real).figures_dir == tmp_path / "copy" / "figures"
+
+def test_check_data_accepts_the_sample_and_refuses_too_few_songs(tmp_path):
+    check_data(SAMPLE_DATA)
+    with pytest.raises(DataError, match="Only 5 usable songs after cleaning; the series needs "
+                                        "at least 50"):
+        check_data(write(tmp_path, good_lines(5)))
+
+KEPT_ROW = 3  # a sample row clean() keeps
+
+def test_future_release_dates_are_dropped_and_do_not_move_the_reference_date(sample_raw,
+                                                                              sample_clean):
+    typos = sample_clean.data["raw_row"].iloc[:10].tolist()  # rows clean() otherwise keeps
+    raw = sample_raw.copy()
+    raw.loc[typos, "released_year"] = "2030"
+    result = clean(raw, as_of="2026-11-26")
+    assert result.reference_date == sample_clean.reference_date  # the latest plausible date
+    step = "release date after 2026-11-26"
+    assert steps(result)[step] == 10
+    assert sorted(result.dropped.loc[result.dropped["reason"] == step, "raw_row"]) == typos
+    kept = sample_clean.data[~sample_clean.data["raw_row"].isin(typos)].reset_index(drop=True)
+    pd.testing.assert_series_equal(result.data["days_since_release"], kept["days_since_release"])
+    raw = sample_raw.copy()
+    raw.loc[raw.index[0], "released_year"] = str(pd.Timestamp.today().year + 1)
+    assert clean(raw).steps_table()["step"].str.startswith("release date after ").sum() == 1
+
+@pytest.mark.parametrize("column, value", [
+    ("in_spotify_playlists", "-1"), ("in_deezer_charts", "-2"), ("in_shazam_charts", "-3"),
+    ("danceability_%", "1000000"), ("energy_%", "101"), ("bpm", "1000000000"), ("bpm", "0"),
+    ("artist_count", "0"), ("in_apple_charts", "1.5"),
+])
+def test_out_of_range_values_are_dropped_and_logged(sample_raw, column, value):
+    raw = sample_raw.copy()
+    raw.loc[KEPT_ROW, column] = value
+    result = clean(raw)
+    assert KEPT_ROW not in result.data["raw_row"].tolist()
+    log = result.steps_table().set_index("step")
+    assert log.loc["values out of range", "rows"] == 1
+    assert column in log.loc["values out of range", "action"]
+    assert result.dropped.set_index("raw_row").loc[KEPT_ROW, "reason"] == "values out of range"
+
+def test_a_negative_count_passes_the_check_and_every_model_input_is_finite(tmp_path, sample_raw):
+    """in_spotify_playlists = -1 used to reach log1p in notebook 03 ('Input X contains
+    infinity'); now clean() drops the row, so check_data and the preprocessing both succeed."""
+    raw = sample_raw.copy()
+    raw.loc[KEPT_ROW, "in_spotify_playlists"] = "-1"
+    raw.to_csv(path := tmp_path / "negative.csv", index=False)
+    check_data(path)
+    songs = add_features(clean(load_raw(path)).data)[feature_columns("full")]
+    assert np.isfinite(make_preprocessor("full").fit_transform(songs)).all()
+
+@pytest.mark.parametrize("name, value, message", [
+    ("QUICK", "yes", "QUICK must be True or False, not 'yes' \\(str\\)"),
+    ("QUICK", 1, "QUICK must be True or False"),
+    ("SEED", "42", "SEED must be a whole number"), ("SEED", -1, "SEED must be a whole number fr"),
+    ("SEED", 1.5, "SEED must be a whole number"), ("SEED", True, "SEED must be a whole number"),
+    ("N_JOBS", 0, "N_JOBS must be a positive whole number"),
+    ("N_JOBS", "2", "N_JOBS must be a positive whole number"),
+    ("DATA_PATH", 5, "DATA_PATH must be None or a file path"),
+    ("OUTPUT_DIR", "", "OUTPUT_DIR must be None or a folder path"),
+    ("DASK_SCHEDULER", 8786, "DASK_SCHEDULER must be None or a scheduler address"),
+])
+def test_a_bad_notebook_parameter_is_a_parameter_error_not_a_data_error(name, value, message):
+    with pytest.raises(ParameterError, match=f"Bad notebook parameter.*{message}") as error:
+        config.check_parameters(**{name: value})
+    assert not isinstance(error.value, DataError) and issubclass(DataError, ValueError)
+
+def test_good_notebook_parameters_pass():
+    config.check_parameters(DATA_PATH=None, OUTPUT_DIR=None, SEED=42, QUICK=False, N_JOBS=2,
+                            DASK_SCHEDULER=None)
+    config.check_parameters(DATA_PATH=SAMPLE_DATA, OUTPUT_DIR="build/x", SEED=np.int64(7),
+                            QUICK=True, N_JOBS=1, DASK_SCHEDULER="tcp://10.0.0.5:8786")
+    with pytest.raises(TypeError, match="unknown parameter.*SPEED"):
+        config.check_parameters(SPEED=1)
+
+def test_metrics_round_trip_and_a_missing_step_is_a_missing_step_error(tmp_path, capsys):
+    """save_metrics rounds to 6 decimals; a notebook not run yet is MissingStepError (a
+    FileNotFoundError, not a DataError); on the real file the committed metrics stand in."""
+    run = resolve_run(SAMPLE_DATA, tmp_path)
+    path = save_metrics(run, "99_test", {"cv": pd.DataFrame({"m": ["a"], "r2": [0.123456789]})},
+                        seed=1)
+    assert load_metrics(run, "99_test") == {"notebook": "99_test", "data": SAMPLE_DATA.name,
+                                           "real_data": False, "synthetic": True, "seed": 1,
+                                           "cv": [{"m": "a", "r2": 0.123457}]}
+    assert path == tmp_path / "metrics" / "99_test.json"
+    with pytest.raises(MissingStepError, match="Run that notebook first") as error:
+        load_metrics(run, "05_grid")
+    assert isinstance(error.value, FileNotFoundError) and not isinstance(error.value, DataError)
+    if (REPORTS_DIR / "metrics" / "05_grid.json").is_file():
+        real = config.Run(config.RAW_DATA, tmp_path, tmp_path / "metrics", True, False)
+        assert load_metrics(real, "05_grid")["tuned"]
+        assert "using the committed" in capsys.readouterr().out
+
+def test_importing_the_package_sets_no_runtime_variable():
+    """Not helpers, not any module of the package: only configure_runtime() does."""
+    env = {k: v for k, v in os.environ.items() if k not in RUNTIME_ENVIRONMENT}
+    code = ("import os, pkgutil, helpers, spotify_streams as s; [__import__(m.name) for m in "
+            "pkgutil.walk_packages(s.__path__, s.__name__ + '.')]; "
+            f"print(sorted(set(os.environ) & {set(RUNTIME_ENVIRONMENT)!r}))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "[]\n", done.stderr[-2000:]
+
+def test_configure_runtime_sets_every_variable_but_keeps_the_callers():
+    environ = {"ONEDNN_MAX_CPU_ISA": "SSE41"}  # e.g. an emulated CPU
+    assert configure_runtime(environ) == environ == {
+        "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "TF_NUM_INTRAOP_THREADS": "1",
+        "TF_NUM_INTEROP_THREADS": "1", "ONEDNN_MAX_CPU_ISA": "SSE41", "OMP_NUM_THREADS": "1",
+        "PYTHONHASHSEED": "0"}
