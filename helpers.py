@@ -14,9 +14,10 @@ from spotify_streams.config import Run, check_parameters, data_banner, file_sha2
 from spotify_streams.dataset import clean, load_raw, load_songs, pair_key, parse_numbers, save_clean
 from spotify_streams.errors import DataError, MissingStepError, ParameterError
 from spotify_streams.evaluation import (
+    ALPHA,
+    POWER,
     artist_key,
     cv_splits,
-    holm,
     median_factor,
     paired_difference,
     r2_interval,
@@ -39,8 +40,15 @@ from spotify_streams.modeling.network import (
     build_mlp,
     make_mlp,
 )
-from spotify_streams.modeling.predict import predict_streams, save_model
-from spotify_streams.modeling.selection import TIE_R2, cheapest_within, grid_param
+from spotify_streams.modeling.predict import CONFIDENCE_LEVELS, predict_streams, save_model
+from spotify_streams.modeling.selection import (
+    SIMPLICITY,
+    grid_param,
+    simplest_within_noise,
+    simplicity,
+    tie_rule,
+    within_noise,
+)
 from spotify_streams.parallel import BAR_FORMAT, parallel_backend, search_progress
 from spotify_streams.plots import log_axis, save_figure, use_series_style
 from spotify_streams.runtime import configure_runtime
@@ -54,16 +62,17 @@ from spotify_streams.search_spaces import (
 )
 
 __all__ = [
-    "AGE", "AUDIO_NUMERIC", "BAR_FORMAT", "FEATURE_SETS", "NAME_COLUMNS", "ORIGINAL_GRID",
-    "ORIGINAL_MLP", "PLATFORM_COLUMNS", "QUICK_GRID", "QUICK_TREE_GRIDS", "STEPS_PER_EXECUTION",
-    "TIE_R2", "TREE_GRIDS", "DataError", "KerasMLPRegressor", "MissingStepError",
-    "ParameterError", "Run", "add_features", "artist_key", "build_mlp", "cheapest_within",
-    "clean", "configure_runtime", "cv_splits", "feature_columns", "file_sha256", "grid_param",
-    "holm", "load_metrics", "load_raw", "load_songs", "log_axis", "log_streams", "make_baseline",
-    "make_mlp", "make_preprocessor", "median_factor", "pair_key", "paired_difference",
-    "parallel_backend", "parse_numbers", "predict_streams", "r2_interval", "save_clean",
-    "save_figure", "save_metrics", "save_model", "scoring", "search_progress", "setup_notebook",
-    "split_train_test",
+    "AGE", "ALPHA", "AUDIO_NUMERIC", "BAR_FORMAT", "CONFIDENCE_LEVELS", "FEATURE_SETS",
+    "NAME_COLUMNS", "ORIGINAL_GRID", "ORIGINAL_MLP", "PLATFORM_COLUMNS", "POWER", "QUICK_GRID",
+    "QUICK_TREE_GRIDS", "SIMPLICITY", "STEPS_PER_EXECUTION", "TREE_GRIDS", "DataError",
+    "KerasMLPRegressor", "MissingStepError", "ParameterError", "Run", "add_features",
+    "artist_key", "build_mlp", "clean", "configure_runtime", "cv_splits", "feature_columns",
+    "file_sha256", "grid_param", "load_metrics", "load_raw", "load_songs", "log_axis",
+    "log_streams", "make_baseline", "make_mlp", "make_preprocessor", "median_factor",
+    "pair_key", "paired_difference", "parallel_backend", "parse_numbers", "predict_streams",
+    "r2_interval", "save_clean", "save_figure", "save_metrics", "save_model", "scoring",
+    "search_progress", "setup_notebook", "simplest_within_noise", "simplicity",
+    "split_train_test", "tie_rule", "within_noise",
 ]
 
 

@@ -1,15 +1,5 @@
-"""The reproducibility contract: one rule for everything the notebooks write or print.
-
-numpy, OpenBLAS and oneDNN choose their kernels by the CPU, so a float's last bits depend on
-the machine and seeded fits amplify them (docs/reproducibility.md). So:
-
-* exact: structure (keys and their order, rows, row counts, output kinds), every str, int,
-  bool and None; in printed text every number without a decimal point (a count: 397, 30%,
-  1,234, 2023-07-14); and the configuration tables of CHOICES, floats included;
-* every float within one tolerance T: |fresh - committed| <= T * max(1, |committed|), plus
-  one unit of the last printed digit for a printed float; figures within one RMS tolerance;
-* UNSTABLE tables: compared through a stable summary. T: reports/drift.json (make drift).
-"""
+"""The reproducibility contract: one rule for all the notebooks write or print (see
+docs/reproducibility.md); T: reports/drift.json (make drift)."""
 
 from __future__ import annotations
 
@@ -30,8 +20,7 @@ from spotify_streams.config import REPORTS_DIR
 
 DRIFT_FILE = REPORTS_DIR / "drift.json"
 
-# T = the 1-2-5 step at or above SAFETY x the largest drift measured (a few emulated CPUs are
-# a small sample of all CPUs), never below the floor (metrics are stored with 6 decimals).
+# T = the 1-2-5 step at or above SAFETY x the largest drift measured, at least the floor.
 SAFETY = 2.5
 FLOOR, IMAGE_FLOOR = 1e-3, 0.5
 
@@ -41,13 +30,10 @@ CHOICES = {("04_mlp.json", "config"), ("05_grid.json", "tuned"), ("05_grid.json"
 
 
 def grid_summary(rows) -> dict:
-    """05's grid: per value of each knob, how many configurations have it and the mean of
-    their mean_test_score (marginal means). One configuration's scores move between CPUs as
-    much as another seed moves them (learning rate 0.01); means over many move far less."""
+    """05's grid: per value of each knob, its configurations' mean mean_test_score."""
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         return {}
-    score = re.compile(r"(mean|std|rank|split\d+)_test_score")
-    out = {}
+    score, out = re.compile(r"(mean|std|rank|split\d+)_test_score"), {}
     for knob in [k for k in (rows[0] if rows else {}) if not score.fullmatch(k)]:
         for value in dict.fromkeys(r.get(knob) for r in rows):
             scores = [r.get("mean_test_score") for r in rows if r.get(knob) == value]
@@ -57,9 +43,7 @@ def grid_summary(rows) -> dict:
 
 
 def knob_summary(rows) -> dict:
-    """05's knob effects: per knob the effect and the verdict, not what comes from single-fold
-    scores (SEs, p-values, folds won). Per learning rate (post hoc, 8 pairs) the effects move
-    too (0.015 R² between CPUs, make drift): there only the knobs and their changes count."""
+    """05's knob effects: per knob the difference and verdict; per learning rate the change."""
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         return {}
     return {f"{r.get('learning_rate', 'all')}/{r.get('knob')}": {
@@ -67,10 +51,8 @@ def knob_summary(rows) -> dict:
         if k in r} for r in rows}
 
 
-# (file, top-level key) -> a function of the table returning a stable JSON-like summary: no
-# value of the table is compared raw, its structure is, and its summary under the rule.
-UNSTABLE = {("05_grid.json", "grid"): grid_summary,
-            ("05_grid.json", "knob_effects"): knob_summary,
+# (file, top-level key) -> its stable summary: the table's structure and summary compared.
+UNSTABLE = {("05_grid.json", "grid"): grid_summary, ("05_grid.json", "knob_effects"): knob_summary,
             ("05_grid.json", "knob_effects_by_learning_rate"): knob_summary}
 
 
@@ -101,7 +83,6 @@ def load_contract(path: Path | str = DRIFT_FILE) -> Contract:
                     f"{Path(path).name}: {drift['source']}")
 
 
-# --- Metrics files ------------------------------------------------------------------------
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -124,8 +105,7 @@ Item = namedtuple("Item", "path committed fresh kind")
 
 def walk(committed, fresh, path: str = "", name: str = "", exact: bool = False,
          unstable: bool = False) -> Iterator[Item]:
-    """Pair up two JSON payloads: an Item per compared value and per structural difference.
-    name (a metrics file's name) applies CHOICES and UNSTABLE to its top-level keys."""
+    """An Item per compared value and structural difference (name: the metrics file)."""
     if isinstance(committed, dict) and isinstance(fresh, dict):
         if list(committed) != list(fresh):
             yield Item(path or "(top level)", list(committed), list(fresh), "structure")
@@ -158,8 +138,7 @@ def same(a, b) -> bool:  # exact, NaN equal to NaN
 
 
 def compare_metrics(name: str, committed, fresh, contract: Contract) -> list[str]:
-    """One message per value that breaks the rule: the file, the key path, both values and
-    the tolerance (or why the value is exact)."""
+    """A message per value breaking the rule: file, key path, both values, tolerance or why."""
     messages = []
     for item in walk(committed, fresh, name=name):
         where, c, f = f"{name}: {item.path}", item.committed, item.fresh
@@ -177,18 +156,16 @@ def compare_metrics(name: str, committed, fresh, contract: Contract) -> list[str
     return messages
 
 
-# --- Figures ------------------------------------------------------------------------------
 def image_rms(committed_png, fresh_png, keep_diff: Path | None = None) -> float:
-    """RMS pixel difference (0-255) as matplotlib's compare_images computes it; inf when the
-    sizes differ. Images may be paths or PNG bytes; keep_diff: copy the difference image."""
+    """RMS pixel difference (0-255, inf for another size); keep_diff: a copy of the diff."""
     from matplotlib.testing.compare import compare_images
     from PIL import Image
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = [Path(tmp) / "expected.png", Path(tmp) / "actual.png"]
         for path, image in zip(paths, (committed_png, fresh_png)):  # PNG bytes or a file
-            path.write_bytes(image if isinstance(image, bytes | bytearray) else
-                             Path(image).read_bytes())
+            path.write_bytes(image if isinstance(image, bytes | bytearray) else Path(image)
+                             .read_bytes())
         if Image.open(paths[0]).size != Image.open(paths[1]).size:
             return math.inf
         result = compare_images(str(paths[0]), str(paths[1]), tol=-1, in_decorator=True)
@@ -202,8 +179,7 @@ def image_rms(committed_png, fresh_png, keep_diff: Path | None = None) -> float:
 
 def compare_figure(committed_png, fresh_png, name: str, contract: Contract,
                    diff_dir: Path | None = None) -> str | None:
-    """None if the fresh figure is within the image tolerance, else a message (with diff_dir,
-    the difference image is kept there as <stem>-diff.png)."""
+    """None within the image tolerance, else a message (diff_dir keeps <stem>-diff.png)."""
     target = Path(diff_dir) / f"{Path(name).stem}-diff.png" if diff_dir else None
     try:
         rms = image_rms(committed_png, fresh_png, keep_diff=target)
@@ -215,9 +191,8 @@ def compare_figure(committed_png, fresh_png, name: str, contract: Contract,
         + (f"; difference image: {target}" if target and target.is_file() else ""))
 
 
-# --- Printed text (notebook cell outputs) -------------------------------------------------
-# A number not inside an identifier (r2, log10, AVX2, split0) or after a decimal point: sign
-# (also U+2212), digits with optional thousands separators, decimals, exponent, percent sign.
+# A number not in an identifier (r2, AVX2) or after a point: sign (or U+2212), digits with
+# thousands separators, decimals, exponent, percent sign.
 NUMBER_RE = re.compile(
     r"(?<![\w.])(?P<sign>[+\-\u2212]?)(?P<int>[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)"
     r"(?:\.(?P<frac>[0-9]+))?(?:[eE](?P<exp>[+\-\u2212]?[0-9]+))?(?P<pct>%)?(?![0-9A-Za-z_])")
@@ -234,8 +209,7 @@ def _printed(match: re.Match, line: int) -> Printed:
 
 
 def split_floats(text: str) -> tuple[str, list[Printed]]:
-    """The text with every printed float replaced by FLOAT_MARK (counts stay; runs of spaces
-    made one: a table pads a column to its widest value, "-0.003" is wider than "0.004")."""
+    """The text with floats made FLOAT_MARK and runs of spaces one; the floats."""
     floats = []
 
     def replace(match):
@@ -292,30 +266,27 @@ def _text(value) -> str:
     return "".join(value) if isinstance(value, list) else str(value)
 
 
-def _clean_stream(text: str) -> str:
-    """Apply backspaces and carriage returns as a terminal would (as nbval does)."""
+def _clean_stream(text: str) -> str:  # backspaces and carriage returns as nbval applies them
     while _BS.search(text):
         text = _BS.sub("", text)
     return _CR.sub("", text)
 
 
 def output_texts(outputs, sanitize: Callable[[str], str] = str) -> dict:
-    """{"stream stdout": [text], "text/html": [...], "error": [...]} of a cell's outputs;
-    streams of one name joined (as nbval does); images left out."""
+    """{"stream stdout": [text], "text/html": [...], ...} of a cell's outputs, no images."""
     keyed, streams = {}, {}
     for out in outputs or []:
         kind = out.get("output_type")
         if kind == "stream":
-            key = f"stream {out.get('name', 'stdout')}"
-            keyed.setdefault(key, [])
+            keyed.setdefault(key := f"stream {out.get('name', 'stdout')}", [])
             streams[key] = streams.get(key, "") + _text(out.get("text", ""))
         elif kind in ("display_data", "execute_result"):
             for mime, value in (out.get("data") or {}).items():
                 if mime in TEXT_MIMES:
                     keyed.setdefault(mime, []).append(sanitize(_text(value)))
         elif kind == "error":
-            error = f"{out.get('ename')}: {out.get('evalue')}"
-            keyed.setdefault("error", []).append(sanitize(error))
+            keyed.setdefault("error", []).append(
+                sanitize(f"{out.get('ename')}: {out.get('evalue')}"))
     for key, text in streams.items():
         keyed[key] = [sanitize(_clean_stream(text))]
     return keyed
@@ -341,8 +312,7 @@ def compare_cell_outputs(committed_outputs, fresh_outputs, contract: Contract,
 
 
 def mask_outputs(outputs, sanitize: Callable[[str], str] = str) -> list:
-    """Copies of the outputs with every printed float (after sanitize) replaced by FLOAT_MARK,
-    for nbval's own exact comparison of everything else."""
+    """Copies of the outputs with printed floats made FLOAT_MARK, for nbval's own comparison."""
     masked = []
     for out in copy.deepcopy(list(outputs or [])):
         if out.get("output_type") == "stream":
@@ -363,8 +333,7 @@ def sanitizer_from_file(path: Path | str) -> Callable[[str], str]:
 
 def compare_notebooks(committed_nb, fresh_nb, contract: Contract,
                       sanitize: Callable[[str], str] = str, name: str = "notebook") -> list[str]:
-    """Every code cell's outputs under the rule, as the test session compares them (cells
-    tagged nbval-ignore-output skipped; `Cell N` = N-th code cell, as nbval counts)."""
+    """Every code cell's outputs as the test session compares them (`Cell N` as nbval counts)."""
     cells_c, cells_f = ([c for c in nb["cells"] if c.get("cell_type") == "code" and
                          "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
                         for nb in (committed_nb, fresh_nb))
@@ -378,7 +347,6 @@ def compare_notebooks(committed_nb, fresh_nb, contract: Contract,
     return messages
 
 
-# --- numpy's dispatch levels (emulated by conftest.py and measure_drift) -----------------
 X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
 X86_LEVEL = re.compile(r"X86_V\d")
 
@@ -390,10 +358,7 @@ def simd_extensions() -> dict:
 
 
 def numpy_levels(simd: dict) -> list[tuple[str, str]]:
-    """[(level, NPY_DISABLE_CPU_FEATURES value that holds numpy at it)] for every X86_V* level
-    below this CPU's own, nearest first. numpy disables only the features named and refuses
-    baseline ones, so every found feature from the next level up is named (AVX-512 machine:
-    X86_V3 is "X86_V4 AVX512_ICL ..."). [] at numpy's baseline or off x86."""
+    """[(level, NPY_DISABLE_CPU_FEATURES holding numpy there)] below this CPU's, nearest first."""
     found = list(simd.get("found", []))
     levels = [f for f in [*simd.get("baseline", []), *found] if X86_LEVEL.fullmatch(f)]
     return [(levels[i - 1], " ".join(found[found.index(levels[i]):]))

@@ -58,32 +58,35 @@ def scoring() -> dict:
             "mae": make_scorer(mean_absolute_error), "median_factor": make_scorer(median_factor)}
 
 
-def paired_difference(a, b, splits) -> dict:
+ALPHA = 0.05  # the error rate of a whole family of comparisons (Bonferroni)
+POWER = 0.8  # the power at which each comparison states the smallest difference it detects
+
+
+def paired_difference(a, b, splits, family=1) -> dict:
     """The series' evidence rule, the corrected resampled t-test (Nadeau & Bengio 2003): scores
     a − b fold by fold. Folds share training rows, so the mean's variance is
     (1/J + n_validation/n_train)·s², not s²/J, and mean/SE follows Student's t with J − 1
-    degrees of freedom: the difference, its SE, 95 % t interval, t, p and folds won."""
+    degrees of freedom. In a family of `family` comparisons (Bonferroni) the interval is the
+    simultaneous one, at level 1 − ALPHA/family, and p is multiplied by `family`: a difference
+    is "real" exactly when its interval excludes zero. `detectable` is the smallest difference
+    this comparison finds with probability POWER at that level."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     folds, mean = len(d), float(d.mean())
     share = np.mean([len(va) / len(tr) for tr, va in splits[:folds]])
     se = float(np.sqrt((1 / folds + share) * d.var(ddof=1))) if folds > 1 else np.nan
     t = mean / se if se > 0 else np.nan  # NaN: one fold, or no difference at all
-    half = stats.t.ppf(0.975, folds - 1) * se if folds > 1 else np.nan
-    return {"difference": mean, "se": se, "ci_low": mean - half, "ci_high": mean + half,
-            "t": float(t), "p_value": float(2 * stats.t.sf(abs(t), max(folds - 1, 1))),
-            "folds_won": f"{(d > 0).sum()} of {folds}"}
+    dof = max(folds - 1, 1)
+    critical = stats.t.ppf(1 - ALPHA / (2 * family), dof)
+    p = np.minimum(1.0, family * 2 * stats.t.sf(abs(t), dof))  # NaN stays NaN
+    return {"difference": mean, "se": se, "ci_low": mean - critical * se,
+            "ci_high": mean + critical * se, "t": float(t), "p_value": float(p),
+            "detectable": float((critical + stats.t.ppf(POWER, dof)) * se),
+            "folds_won": f"{(d > 0).sum()} of {folds}", "verdict": verdict(p)}
 
 
-def holm(p_values, alpha=0.05) -> np.ndarray:
-    """Holm's correction for a family of m comparisons (scipy has none): the smallest p against
-    alpha/m, the next against alpha/(m − 1), ..., until one fails; True where p counts."""
-    p = np.asarray(p_values, dtype=float)
-    passed = np.zeros(len(p), dtype=bool)
-    for rank, i in enumerate(np.argsort(p)):
-        if not p[i] <= alpha / (len(p) - rank):  # NaN (a single fold) never passes
-            break
-        passed[i] = True
-    return passed
+def verdict(p_value) -> str:
+    """The evidence rule's word for a (family-adjusted) p-value."""
+    return "real" if p_value <= ALPHA else "not detectable at this power"
 
 
 def r2_interval(y_true, y_pred, groups=None, minus=None, seed=42, n_resamples=2000,

@@ -38,8 +38,9 @@ def log_axis(axis, label="streams", max_ticks=4) -> None:
 
 def save_figure(fig, run: Run, name: str) -> None:
     """Save a figure as PNG in the run's figures folder (the README shows the committed ones)."""
-    with replacing(run.figures_dir / f"{name}.png") as partial:  # no version stamp: the same
-        fig.savefig(partial, metadata={"Software": None})  # bytes every run
+    with replacing(run.figures_dir / f"{name}.png") as partial:  # no version stamp (the same
+        fig.savefig(partial, metadata={"Software": None},  # bytes every run), nothing clipped
+                    bbox_inches="tight")
 
 
 def use_series_style() -> None:

@@ -1,5 +1,4 @@
-"""spotify-bench (spotify_streams.commands.benchmark): its report and table from stubbed
-measurements (no timing), and its measurements on the project's API with short fits."""
+"""spotify-bench: report and table from stubbed measurements; the measurements on the API."""
 
 from __future__ import annotations
 
@@ -24,6 +23,7 @@ MEASUREMENTS = {"measure_fits": ["naive_fit_s", "fast_fit_s", "fast_fit_cold_s",
                 "measure_contention": ["quick_solo_s", "contention_two_runs",
                                        "contention_busy_loop"]}
 
+
 @pytest.fixture
 def ran(monkeypatch):
     """Every measurement replaced by the fixed FIGURES; the names of those that ran."""
@@ -35,6 +35,7 @@ def ran(monkeypatch):
         "measure_scaling") or {str(n): n / 100 for n in sizes})
     monkeypatch.setattr(bench, "load_train", lambda: (None, "stub.csv (10 cleaned rows)"))
     return ran
+
 
 def test_the_report_its_goals_and_the_table(ran, tmp_path, capsys):
     """Speed-ups 12/3 = 4 and 1920/48 = 40; each figure against its goal."""
@@ -66,6 +67,7 @@ def test_the_report_its_goals_and_the_table(ran, tmp_path, capsys):
     assert not {"measure_series", "measure_scaling", "measure_contention"} & set(ran)
     assert (figures["series_s"], figures["peak_memory_mb"], figures["grid_s"]) == (None, None, 48)
 
+
 def test_the_report_feeds_the_readme_generator():
     report = bench.build_report(FIGURES, "stub.csv", [0.5, 0.7], "2-core X", "2024-01-01")
     block = update_readme.performance_block(report)
@@ -74,9 +76,9 @@ def test_the_report_feeds_the_readme_generator():
     old = update_readme.performance_block({**report, "figures": {"grid_s": 20}})
     assert "| 20 s | ≤ 60 s |" in old and "| not measured | ≤ 240 s |" in old
 
+
 def test_the_measurements_run_on_the_project_api(songs, monkeypatch):
-    """measure_fits and measure_step on the real package (1-epoch fits, no timing claims): a
-    change of the project's API fails here, not half-way through a 30-minute `make bench`."""
+    """measure_fits and measure_step on the package, 1-epoch fits (once broke `make bench`)."""
     train, _ = split_train_test(songs)
     seen, make_mlp = [], bench.make_mlp
 

@@ -1,5 +1,4 @@
-"""The contract (spotify_streams/contract.py, conftest.py, spotify-drift): drift within the
-rule passes; every kind of real change fails, naming the place, both values and the tolerance."""
+"""The contract: drift within the rule passes; a real change fails, naming place and values."""
 
 from __future__ import annotations
 
@@ -25,15 +24,17 @@ from spotify_streams.contract import Contract
 
 RULE = Contract(0.02, 10.0, "fixed for the tests")
 
+
 def changed(payload, edit):
     fresh = copy.deepcopy(payload)
     edit(fresh)
     return fresh
 
+
 PAYLOAD = {"seed": 42, "n_test": 227, "flag": True, "tuned": {"learning_rate": 0.001},
-           "test": [{"model": "hgb", "feature_set": "full", "r2": 0.854746,
-                     "median_factor": 2.18}]}
+           "test": [{"model": "hgb", "feature_set": "full", "r2": 0.854746, "median_factor": 2.18}]}
 ROW = "test[model=hgb, feature_set=full]"
+
 
 @pytest.mark.parametrize("edit, expected", [
     (lambda d: d["test"][0].update(r2=0.873746), None),  # +0.019: within T
@@ -55,21 +56,19 @@ ROW = "test[model=hgb, feature_set=full]"
     (lambda d: d["test"].insert(0, {"feature_set": "full", **d["test"].pop()}),
      f'{ROW}: structure differs: committed ["model", "feature_set", "r2", "median_factor"], '
      'fresh ["feature_set", "model", "r2", "median_factor"]'),
-    (lambda d: d.pop("flag"), "(top level): structure differs"),
-])
+    (lambda d: d.pop("flag"), "(top level): structure differs")])
 def test_the_rule_on_metrics(edit, expected):
     messages = contract.compare_metrics("06_results.json", PAYLOAD, changed(PAYLOAD, edit), RULE)
-    if expected is None:
-        assert messages == []
-    else:
-        assert len(messages) == 1 and messages[0].startswith(f"06_results.json: {expected}"), \
-            messages
+    assert messages == [] if expected is None else len(messages) == 1 and messages[0].startswith(
+        f"06_results.json: {expected}"), messages
+
 
 def grid(scores: list) -> dict:
     rows = [(0.001, 64), (0.001, 128), (0.01, 64), (0.01, 128)]
     return {"grid": [{"learning_rate": lr, "neurons": n, "split0_test_score": s,
                       "mean_test_score": s, "rank_test_score": r}
                      for r, ((lr, n), s) in enumerate(zip(rows, scores), start=1)]}
+
 
 def test_unstable_table_is_compared_through_its_summary():
     committed = grid([0.77, 0.78, 0.70, 0.72])
@@ -89,6 +88,7 @@ def test_unstable_table_is_compared_through_its_summary():
         fresh = changed(knobs, lambda d, e=edit: d["knob_effects"][0].update(e))
         assert bool(contract.compare_metrics("05_grid.json", knobs, fresh, RULE)) == fails
 
+
 @pytest.mark.parametrize("committed, fresh, expected", [
     ("CV R² 0.347 ± 0.049 (15 folds)", "CV R² 0.366 ± 0.050 (15 folds)", None),
     ("R² 0.349", "R² 0.370", None),  # T + one unit of the last printed digit
@@ -105,11 +105,11 @@ def test_unstable_table_is_compared_through_its_summary():
     ("1,234 streams", "1,235 streams", "line 1: count 1,234 -> 1,235"),
     ("30% of all", "31% of all", "line 1: count 30% -> 31%"),
     ("on 2023-07-14", "on 2023-07-15", "line 1: count 14 -> 15"),
-    ("CV R² 0.347", "CV R2 0.347", "line 1: text differs"),
-])
+    ("CV R² 0.347", "CV R2 0.347", "line 1: text differs")])
 def test_the_rule_on_printed_text(committed, fresh, expected):
     messages = contract.compare_text(committed, fresh, RULE)
     assert messages == [] if expected is None else messages[0].startswith(expected), messages
+
 
 def test_cell_outputs_and_notebooks():
     def html(text):
@@ -131,18 +131,16 @@ def test_cell_outputs_and_notebooks():
     [message] = contract.compare_notebooks(nb(stream), nb(html("<td>0.347</td>")), RULE)
     assert "Cell 0: output kinds differ" in message
 
-def png(size=(60, 40), dark=0, shade=200) -> bytes:
+
+def png(size=(60, 40), dark=0, shade=200, img=None) -> bytes:
     from PIL import Image
 
-    img = Image.new("RGB", size, (200, 200, 200))
+    img = Image.new("RGB", size, (200, 200, 200)) if img is None else img
     if dark:
         img.paste((200 - shade,) * 3, (0, 0, dark, 1))
-    return png_bytes(img)
-
-def png_bytes(img) -> bytes:
-    out = io.BytesIO()
-    img.save(out, format="PNG")
+    img.save(out := io.BytesIO(), format="PNG")
     return out.getvalue()
+
 
 def test_figures_within_the_image_tolerance(tmp_path):
     assert contract.compare_figure(png(), png(dark=60, shade=20), "cv.png", RULE) is None
@@ -151,6 +149,7 @@ def test_figures_within_the_image_tolerance(tmp_path):
     assert (tmp_path / "cv-diff.png").is_file()
     assert contract.compare_figure(png(), png(size=(61, 40)), "cv.png", RULE) == \
         "cv.png: image size changed > image tolerance 10"
+
 
 def test_tolerances_derive_from_the_largest_drift():
     assert [contract.round_up_125(x) for x in (0.00031, 0.001, 0.0011, 0.006, 3.2)] == \
@@ -161,50 +160,51 @@ def test_tolerances_derive_from_the_largest_drift():
     drift = json.loads(contract.DRIFT_FILE.read_text(encoding="utf-8"))  # docs: test_readme.py
     assert contract.load_contract().tolerance == drift["tolerance"]
 
+
 AVX2 = {"baseline": ["X86_V2"], "found": ["X86_V3"],
         "not found": ["X86_V4", "AVX512_ICL", "AVX512_SPR"]}
+
 
 @pytest.mark.parametrize("simd, levels", [
     (AVX2, [("X86_V2", "X86_V3")]),
     ({"baseline": ["X86_V2"], "found": ["X86_V3", "X86_V4", "AVX512_ICL"]},
      [("X86_V3", "X86_V4 AVX512_ICL"), ("X86_V2", "X86_V3 X86_V4 AVX512_ICL")]),
     ({"baseline": ["X86_V2"], "not found": ["X86_V3"]}, []),
-    ({"baseline": ["NEON", "NEON_FP16", "ASIMD"], "found": ["ASIMDHP", "ASIMDDP"]}, []),
-])
+    ({"baseline": ["NEON", "NEON_FP16", "ASIMD"], "found": ["ASIMDHP", "ASIMDDP"]}, [])])
 def test_numpy_levels_below_the_machines_own(simd, levels):
     assert contract.numpy_levels(simd) == levels
 
-def test_emulation_defaults_and_the_header():
-    env = {}
-    line = conftest.emulate(env, "x86_64", AVX2)
-    assert env == {"NPY_DISABLE_CPU_FEATURES": "X86_V3", "ONEDNN_MAX_CPU_ISA": "SSE41"}
-    assert line == ("emulating another CPU: numpy X86_V2 (NPY_DISABLE_CPU_FEATURES=X86_V3), "
-                    "oneDNN SSE41 (ONEDNN_MAX_CPU_ISA=SSE41), OpenBLAS native (make drift covers "
-                    "OPENBLAS_CORETYPE); TEST_EMULATE=native to test as this CPU")
-    env = {"TEST_EMULATE": "native"}
-    assert conftest.emulate(env, "x86_64", AVX2).startswith("testing as this CPU: numpy native")
-    assert env == {"TEST_EMULATE": "native"}
-    env = {"OPENBLAS_CORETYPE": "Sandybridge", "ONEDNN_MAX_CPU_ISA": "AVX"}
-    assert "oneDNN as set (ONEDNN_MAX_CPU_ISA=AVX), OpenBLAS as set (OPENBLAS_CORETYPE=" \
-           "Sandybridge)" in conftest.emulate(env, "x86_64", AVX2)
-    env = {}
-    assert "numpy native (aarch64 is not x86)" in conftest.emulate(env, "aarch64", AVX2)
-    assert env == {}
+
+@pytest.mark.parametrize("env, machine, added, line", [
+    ({}, "x86_64", {"NPY_DISABLE_CPU_FEATURES": "X86_V3", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+     "emulating another CPU: numpy X86_V2 (NPY_DISABLE_CPU_FEATURES=X86_V3), oneDNN SSE41 "
+     "(ONEDNN_MAX_CPU_ISA=SSE41), OpenBLAS native (make drift covers OPENBLAS_CORETYPE); "
+     "TEST_EMULATE=native to test as this CPU"),
+    ({"TEST_EMULATE": "native"}, "x86_64", {}, "testing as this CPU: numpy native"),
+    ({"OPENBLAS_CORETYPE": "Sandybridge", "ONEDNN_MAX_CPU_ISA": "AVX"}, "x86_64",
+     {"NPY_DISABLE_CPU_FEATURES": "X86_V3"}, "emulating another CPU: numpy X86_V2 (NPY_DISABLE"
+     "_CPU_FEATURES=X86_V3), oneDNN as set (ONEDNN_MAX_CPU_ISA=AVX), OpenBLAS as set"),
+    ({}, "aarch64", {}, "testing as this CPU: numpy native (aarch64 is not x86)")])
+def test_emulation_defaults_and_the_header(env, machine, added, line):
+    before = dict(env)
+    assert conftest.emulate(env, machine, AVX2).startswith(line)
+    assert env == {**before, **added}
+
 
 def test_every_mechanism_takes_the_emulated_kernels():
-    """numpy's public report (show_config) has the shape numpy_levels reads; processes started
-    with the emulation variables use the lower kernels of numpy and OpenBLAS
-    (measure_drift.probe checks that, and fails when a library ignores its variable); oneDNN's
-    cap changes TensorFlow's matrix product. Fails if numpy's reporting changes."""
+    """numpy and OpenBLAS take the lower kernels (probe); oneDNN's cap changes tf.matmul."""
     if os.uname().machine.lower() not in contract.X86:
         pytest.skip("numpy's X86 levels, OpenBLAS's core types, oneDNN's ISAs: x86 only")
     env = {k: v for k, v in os.environ.items() if k not in measure_drift.VARIABLES}
-    out = subprocess.run([sys.executable, "-c", "import json, numpy; print(json.dumps(numpy."
-                          "show_config(mode='dicts')['SIMD Extensions']))"], env=env,
-                         capture_output=True, text=True, check=True).stdout
-    simd = json.loads(out)
-    assert "baseline" in simd and set(simd) <= {"baseline", "found", "not found"}, simd
-    assert any(contract.X86_LEVEL.fullmatch(f) for f in simd["baseline"]), simd
+
+    def run(code, **variables):
+        return subprocess.run([sys.executable, "-c", code], env={**env, **variables},
+                              capture_output=True, text=True, check=True).stdout
+
+    simd = json.loads(run("import json, numpy; print(json.dumps(numpy.show_config(mode='dicts')"
+                          "['SIMD Extensions']))"))
+    assert "baseline" in simd and set(simd) <= {"baseline", "found", "not found"} and any(
+        contract.X86_LEVEL.fullmatch(f) for f in simd["baseline"]), simd
     for _, disable in contract.numpy_levels(simd):
         seen = measure_drift.probe({**env, "NPY_DISABLE_CPU_FEATURES": disable})
         assert not set(disable.split()) & set(seen["numpy_found"])
@@ -212,23 +212,21 @@ def test_every_mechanism_takes_the_emulated_kernels():
         ["Sandybridge"]
     with pytest.raises(RuntimeError, match="OPENBLAS_CORETYPE=Bogus: OpenBLAS uses"):
         measure_drift.probe({**env, "OPENBLAS_CORETYPE": "Bogus"})
-    code = ("import numpy as np, tensorflow as tf; r = np.random.default_rng(0); print(tf.matmul("
-            "r.normal(size=(64, 300)).astype('float32'), r.normal(size=(300, 64)).astype("
-            "'float32')).numpy().tobytes().hex()[-64:])")
-    out = {isa: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                               env={**env, "ONEDNN_MAX_CPU_ISA": isa}).stdout
-           for isa in ("AVX2", "SSE41")}
-    assert out["AVX2"] and out["SSE41"] and out["AVX2"] != out["SSE41"], out
+    avx2, sse41 = (run("import numpy as np, tensorflow as tf; r = np.random.default_rng(0); print("
+                       "tf.matmul(*(r.normal(size=s).astype('float32') for s in [(64, 300), (300,"
+                       " 64)])).numpy().tobytes().hex()[-64:])", ONEDNN_MAX_CPU_ISA=isa)
+                   for isa in ("AVX2", "SSE41"))
+    assert avx2.strip() and avx2 != sse41, (avx2, sse41)
+
 
 SESSION_CELLS = [  # (printed now, committed output, tags)
     ("CV R² 0.3501 (15 folds)", "CV R² 0.3499 (15 folds)", []),
-    ("CV R² 0.3501 (15 folds)", "CV R² 0.3901 (15 folds)", []),
-    ("397 songs", "398 songs", []),
-    ("CV R² 0.3501", "anything", ["nbval-ignore-output"]),
-]
+    ("CV R² 0.3501 (15 folds)", "CV R² 0.3901 (15 folds)", []), ("397 songs", "398 songs", []),
+    ("CV R² 0.3501", "anything", ["nbval-ignore-output"])]
+
 
 def test_the_session_applies_the_rule_to_every_cell():
-    """A real nbval run on a throw-away notebook under build/ (so that conftest.py applies)."""
+    """A real nbval run on a throw-away notebook under build/ (where conftest.py applies)."""
     folder = ROOT / "build" / f"test-contract-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True)
     cells = [nbformat.v4.new_code_cell(f"print({now!r})", execution_count=n, metadata={
@@ -250,7 +248,8 @@ def test_the_session_applies_the_rule_to_every_cell():
     assert "TEST_EMULATE=native to test as this CPU" in out and "reproducibility contract: " \
            "drift.json: " in out
 
-def test_reports_check_fails_on_a_tampered_metric_and_figure():
+
+def test_reports_check_fails_on_a_tampered_metric_figure_or_an_unwritten_file(tmp_path):
     from PIL import Image, ImageDraw
 
     before = conftest._report_files()
@@ -259,7 +258,7 @@ def test_reports_check_fails_on_a_tampered_metric_and_figure():
     payload["test"][-1]["r2"] = round(payload["test"][-1]["r2"] + 0.05, 6)
     img = Image.open(io.BytesIO(before[figure])).convert("RGB")
     ImageDraw.Draw(img).rectangle((0, 0, img.width // 2, img.height // 2), fill="black")
-    after = {**before, metric: json.dumps(payload).encode(), figure: png_bytes(img)}
+    after = {**before, metric: json.dumps(payload).encode(), figure: png(img=img)}
     assert conftest.report_differences(before, before) == []
     messages = conftest.report_differences(before, after)
     assert len(messages) == 2, messages
@@ -268,9 +267,7 @@ def test_reports_check_fails_on_a_tampered_metric_and_figure():
     assert re.match(r"importance\.png: RMS [\d.]+ > image tolerance", messages[0]), messages
     assert conftest.report_differences(before, after, exact=True)[0] == \
         f"{figure}: bytes differ (--reports-exact)"
-
-def test_a_notebook_that_ran_without_writing_its_metrics_is_reported(tmp_path):
-    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics").mkdir()  # and a notebook that ran without writing its metrics
     stale = tmp_path / "metrics" / "03_baseline.json"
     stale.write_text("{}")
     os.utime(stale, (1, 1))  # as copied from reports/: an old modification time
@@ -278,6 +275,7 @@ def test_a_notebook_that_ran_without_writing_its_metrics_is_reported(tmp_path):
     [message] = conftest.unwritten_reports(tmp_path, ran, started=2.0)
     assert "03_baseline.ipynb ran but did not write" in message
     assert conftest.unwritten_reports(tmp_path, ran, started=0.0) == []
+
 
 def fake_run(out: Path, label: str, seed: int, r2: float, cell: str, rate=0.001, dark=0):
     folder = out / label
@@ -291,13 +289,13 @@ def fake_run(out: Path, label: str, seed: int, r2: float, cell: str, rate=0.001,
         folder / "notebooks" / "06_results.ipynb")
     (folder / measure_drift.RUN_INFO).write_text(json.dumps({"env": {}, "seed": seed}))
 
+
 def test_make_drift_derives_the_tolerances_and_fails_a_moved_choice(tmp_path):
     fake_run(tmp_path, "native", 42, 0.80, "R² 0.786\n")
     fake_run(tmp_path, "numpy-X86_V2", 42, 0.8043, "R² 0.790\n", dark=60)
     fake_run(tmp_path, "onednn-SSE41", 42, 0.80, "R² 0.830\n", rate=0.01)
     fake_run(tmp_path, "seed43", 43, 0.70, "R² 0.700\n")
-    drift = measure_drift.analyse(tmp_path, ["native", "numpy-X86_V2", "onednn-SSE41",
-                                             "seed43"])
+    drift = measure_drift.analyse(tmp_path, ["native", "numpy-X86_V2", "onednn-SSE41", "seed43"])
     assert drift["float_drift"]["max"] == pytest.approx(0.0043)
     assert drift["float_drift"]["at"] == "06_results.json test[model=mlp].r2 (numpy-X86_V2)"
     assert drift["tolerance"] == 0.02 and drift["image_tolerance"] == 100  # RMS 31.6 x 2.5
@@ -312,37 +310,31 @@ def test_make_drift_derives_the_tolerances_and_fails_a_moved_choice(tmp_path):
                                  "seed makes (0): the check cannot tell a real change from "
                                  "CPU drift"]
 
-@pytest.fixture(scope="module")
-def baseline_seed43(tmp_path_factory):
-    """notebooks/03_baseline.ipynb executed with SEED=43 into a temp OUTPUT_DIR (the kernel
-    inherits OMP_NUM_THREADS=1 from configure_runtime in conftest.py)."""
+
+def test_another_seed_fails_the_cells_and_the_metrics_of_notebook_03(tmp_path):
+    """notebooks/03_baseline.ipynb run with SEED=43 (papermill) into tmp_path."""
     if conftest.notebook_skip_reason():
         pytest.skip(conftest.notebook_skip_reason())
     import papermill
 
     from spotify_streams.dataset import clean, load_raw, save_clean
 
-    out = tmp_path_factory.mktemp("seed43")
-    save_clean(clean(load_raw(RAW_DATA)), resolve_run(RAW_DATA, out).processed_path)
+    save_clean(clean(load_raw(RAW_DATA)), resolve_run(RAW_DATA, tmp_path).processed_path)
     papermill.execute_notebook(
-        str(ROOT / "notebooks" / "03_baseline.ipynb"), str(out / "03_baseline.ipynb"),
-        parameters={"DATA_PATH": str(RAW_DATA), "OUTPUT_DIR": str(out), "SEED": 43},
+        str(ROOT / "notebooks" / "03_baseline.ipynb"), str(tmp_path / "03_baseline.ipynb"),
+        parameters={"DATA_PATH": str(RAW_DATA), "OUTPUT_DIR": str(tmp_path), "SEED": 43},
         kernel_name="python3", cwd=str(ROOT / "notebooks"), progress_bar=False)
-    return out
-
-def test_another_seed_fails_the_cells_and_the_metrics_of_notebook_03(baseline_seed43):
     the_contract = contract.load_contract()
     committed = nbformat.read(ROOT / "notebooks" / "03_baseline.ipynb", as_version=4)
-    fresh = nbformat.read(baseline_seed43 / "03_baseline.ipynb", as_version=4)
+    fresh = nbformat.read(tmp_path / "03_baseline.ipynb", as_version=4)
     sanitize = contract.sanitizer_from_file(ROOT / "tests" / "nbval_sanitize.cfg")
-    messages = contract.compare_notebooks(committed, fresh, the_contract, sanitize,
-                                          "03_baseline")
+    messages = contract.compare_notebooks(committed, fresh, the_contract, sanitize, "03_baseline")
     assert any(re.match(r"03_baseline Cell \d+: .*: line \d+: committed \S+, fresh \S+: "
                         r"difference \S+ > tolerance", m) for m in messages), messages
     name = "03_baseline.json"
     messages = contract.compare_metrics(name, json.loads(
         (ROOT / "reports" / "metrics" / name).read_text(encoding="utf-8")), json.loads(
-        (baseline_seed43 / "metrics" / name).read_text(encoding="utf-8")), the_contract)
+        (tmp_path / "metrics" / name).read_text(encoding="utf-8")), the_contract)
     assert f"{name}: seed: committed 42, fresh 43: compared exactly (type int)" in messages
     assert any(re.match(rf"{name}: cv\[.*\]\.r2_mean: committed \S+, fresh \S+: difference "
                         r"\S+ > tolerance 0\.02", m) for m in messages), messages

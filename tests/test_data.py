@@ -1,5 +1,4 @@
-"""Reading and cleaning the file (every quirk, every refusal), runs and parameters, the error
-types and the runtime settings."""
+"""Reading and cleaning (every quirk and refusal), runs, parameters, errors, runtime settings."""
 
 import hashlib
 import os
@@ -23,6 +22,7 @@ from spotify_streams.schema import REQUIRED_COLUMNS, RESERVED_COLUMNS
 
 HEADER = ",".join(f'"{c}"' if "," in c else c for c in REQUIRED_COLUMNS)
 
+
 def row(name="Song", artist="Artist", streams="123456789", year="2022", key="A", shazam="3",
         deezer="12", mode="Major", playlists="100"):
     """One CSV line in the original column order."""
@@ -30,27 +30,30 @@ def row(name="Song", artist="Artist", streams="123456789", year="2022", key="A",
               shazam, "120", key, mode, "50", "50", "50", "10", "0", "10", "5"]
     return ",".join(f'"{v}"' if "," in v else v for v in values)
 
+
 def write(tmp_path, lines, name="data.csv", encoding="utf-8", newline="\n", bom=False):
     path = tmp_path / name
     path.write_bytes(b"\xef\xbb\xbf" * bom + (newline.join(lines) + newline).encode(encoding))
     return path
 
+
 def good_lines(n=5):
     return [HEADER] + [row(name=f"Song {i}", streams=str(10_000_000 * (i + 1))) for i in range(n)]
 
-def cleaned(tmp_path, *extra, **options):
-    return clean(load_raw(write(tmp_path, good_lines() + list(extra))), **options)
 
 def steps(result):
     return result.steps_table().set_index("step")["rows"]
+
 
 @pytest.fixture(scope="module")
 def sample_raw():
     return load_raw(SAMPLE_DATA)
 
+
 @pytest.fixture(scope="module")
 def sample_clean(sample_raw):
     return clean(sample_raw)
+
 
 @pytest.mark.parametrize("variant", ["bom", "crlf", "cp1252", "reordered", "trailing"])
 def test_variants_give_the_same_frame(tmp_path, variant):
@@ -66,9 +69,9 @@ def test_variants_give_the_same_frame(tmp_path, variant):
                      newline="\r\n" if variant == "crlf" else "\n", bom=variant == "bom")
     pd.testing.assert_frame_equal(load_raw(path), reference)
 
+
 def test_cp1252_file_with_an_accent_next_to_a_symbol_keeps_its_accents(tmp_path):
-    """'é’' looks like a UTF-8 lead/continuation pair in CP1252 bytes; the file's other accents
-    stand alone, so it is read as CP1252 and logged."""
+    """'é’' looks like UTF-8 in CP1252 bytes; the other accents stand alone: CP1252, logged."""
     lines = good_lines()
     lines[1] = lines[1].replace("Song 0", "Café’s Song")
     lines[2] = lines[2].replace("Song 1", "Canción")
@@ -80,9 +83,9 @@ def test_cp1252_file_with_an_accent_next_to_a_symbol_keeps_its_accents(tmp_path)
     assert log.loc["file encoding", "rows"] == 3 and "CP1252" in log.loc["file encoding", "action"]
     assert log.loc["encoding damage in names", "rows"] == 0
 
+
 def test_damaged_utf8_stays_utf8_and_each_damage_is_marked_once(tmp_path):
-    """Like the original file: mostly UTF-8, a cut sequence, a stray byte, runs of U+FFFD;
-    CRLF; the file itself is never modified."""
+    """As in the original: a cut sequence, a stray byte, runs of U+FFFD; the file untouched."""
     body = "\r\n".join(good_lines() + [row(name="Canción")]).encode()
     for old, new in [(b"Song 0", b"Beyonc\xef\xbf"), (b"Song 1", b"Caf\xe9"),
                      (b"Song 2", b"L\xef\xbf\xbd\xef\xbf\xbd\xef\xbf")]:
@@ -95,13 +98,14 @@ def test_damaged_utf8_stays_utf8_and_each_damage_is_marked_once(tmp_path):
     assert steps(result)["encoding damage in names"] == 3 and "file encoding" not in steps(result)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
 
+
 def zipped(path):
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("spotify-2023.csv", "\n".join(good_lines()))
 
+
 @pytest.mark.parametrize("make, message", [
-    (lambda p: None, "not found.*kaggle"),
-    (lambda p: p.mkdir(), "is a folder, not a CSV file"),
+    (lambda p: None, "not found.*kaggle"), (lambda p: p.mkdir(), "is a folder, not a CSV file"),
     (lambda p: p.write_bytes(b""), "empty"),
     (lambda p: p.write_bytes(b"\xef\xbb\xbf  \r\n"), "empty"),
     (lambda p: p.write_bytes((HEADER + "\n").encode()), "no data rows"),
@@ -109,13 +113,13 @@ def zipped(path):
     (lambda p: p.write_bytes(b"a,b,c\n1,2,3\n"), "does not look like"),
     (zipped, "ZIP archive. Unzip it"),
     *[(lambda p, e=e: p.write_bytes("\n".join(good_lines()).encode(e)), "UTF-16.*CSV UTF-8")
-      for e in ("utf-16", "utf-16-le", "utf-16-be")],
-])
+      for e in ("utf-16", "utf-16-le", "utf-16-be")]])
 def test_unusable_files_are_refused_with_the_fix(tmp_path, make, message):
     make(path := tmp_path / "spotify-2023.csv")
     with pytest.raises(DataError, match=message) as error:
         load_raw(path)
     assert "UTF-16" not in message or "unzip" not in str(error.value).lower()
+
 
 def test_columns_extra_reserved_missing_and_the_target_for_rows_to_predict(tmp_path):
     for column in RESERVED_COLUMNS:
@@ -133,32 +137,31 @@ def test_columns_extra_reserved_missing_and_the_target_for_rows_to_predict(tmp_p
     with pytest.raises(DataError, match="lacks required column.*bpm, mode"):
         load_raw(path)
 
-@pytest.mark.parametrize("lines, message", [
-    ([row(name="X", playlists="lots")], r"'in_spotify_playlists'.*'lots'"),
-    ([row(name="X", playlists="Infinity")], r"'in_spotify_playlists'.*'Infinity'"),
-    ([row(name="X", key="H")], r"'key'.*'H'.*allowed"),
-    ([row(name="X", mode="minor")], r"'mode'.*'minor'.*allowed"),
-])
-def test_values_that_are_not_numbers_keys_or_modes_are_named(tmp_path, lines, message):
-    with pytest.raises(DataError, match=message):
-        cleaned(tmp_path, *lines)
 
-@pytest.mark.parametrize("value, message", [("", "usable 'streams'"),
-                                            ("n/a", "'streams' holds 3 value.*stream counts")])
-def test_a_target_without_usable_rows(tmp_path, value, message):
+@pytest.mark.parametrize("lines, message", [
+    (good_lines()[1:] + [row(name="X", playlists="lots")], r"'in_spotify_playlists'.*'lots'"),
+    (good_lines()[1:] + [row(name="X", playlists="Infinity")], r"playlists'.*'Infinity'"),
+    (good_lines()[1:] + [row(name="X", key="H")], r"'key'.*'H'.*allowed"),
+    (good_lines()[1:] + [row(name="X", mode="minor")], r"'mode'.*'minor'.*allowed"),
+    ([row(name=f"S{i}", streams="") for i in range(3)], "usable 'streams'"),
+    ([row(name=f"S{i}", streams="n/a") for i in range(3)], "'streams' holds 3 value.*counts")])
+def test_values_that_are_not_numbers_keys_or_modes_or_no_usable_target(tmp_path, lines, message):
     with pytest.raises(DataError, match=message):
-        clean(load_raw(write(tmp_path, [HEADER] + [row(name=f"S{i}", streams=value)
-                                                   for i in range(3)])))
+        clean(load_raw(write(tmp_path, [HEADER, *lines])))
+
 
 def test_each_quirk_is_dropped_or_filled_and_counted(tmp_path):
-    result = cleaned(tmp_path, row(name="Bad", streams="BPM110KeyAModeMajor"),
-                     row(name="NoMode", mode=""), row(name="NoShazam", shazam=""),
-                     row(name="NoKey", key=""), row(name="Twin", streams="500000000",
-                                                    playlists="10"),
-                     row(name="twin ", streams="700000000", playlists="5"),
-                     row(name="Tiny", streams="2762"), row(name="Old", year="1930"),
-                     row(name="Classic", year="1942"), row(name="Sep", deezer="1,021",
-                                                           shazam="2,000"))
+    """Also the two decisions on streams that notebook 06 varies; the input frame unchanged."""
+    raw = load_raw(write(tmp_path, good_lines() + [
+        row(name="Bad", streams="BPM110KeyAModeMajor"), row(name="NoMode", mode=""),
+        row(name="NoShazam", shazam=""), row(name="NoKey", key=""),
+        row(name="Twin", streams="500000000", playlists="10"),
+        row(name="twin ", streams="700000000", playlists="5"), row(name="Tiny", streams="2762"),
+        row(name="Old", year="1930"), row(name="Classic", year="1942"),
+        row(name="Sep", deezer="1,021", shazam="2,000")]))
+    copy = raw.copy()
+    result = clean(raw)
+    pd.testing.assert_frame_equal(raw, copy)
     data = result.data.set_index("track_name")
     assert {"Bad", "NoMode", "Tiny", "Old", "Twin"} & set(data.index) == set()
     assert data.loc["twin", "streams"] == 700_000_000  # the copy with more streams
@@ -170,26 +173,19 @@ def test_each_quirk_is_dropped_or_filled_and_counted(tmp_path):
                           "missing in_shazam_charts", "duplicate track/artist pairs",
                           "streams below 100,000", "release year before 1940"]].tolist() == [1] * 6
     assert result.data["streams"].dtype == np.int64 and data.loc["Classic", "released_year"] == 1942
-    assert isinstance(data["key"].dtype, pd.CategoricalDtype)
-    assert list(data["mode"].cat.categories) == ["Major", "Minor"]
-    assert data.loc["Song 0", "release_date"] == pd.Timestamp("2022-05-20")
-    assert data["days_since_release"].min() == 0
-    with_c = cleaned(tmp_path, row(name="NoKey", key=""), row(name="HasC", key="C")).data
-    assert with_c.set_index("track_name").loc["NoKey", "key"] == "unknown"
-
-def test_the_target_based_decisions_can_be_varied(tmp_path):
-    """Notebook 06 measures what the two decisions that look at streams change."""
-    raw = load_raw(write(tmp_path, good_lines() + [
-        row(name="Twin", streams="500000000"), row(name="twin", streams="700000000"),
-        row(name="Tiny", streams="2762")]))
+    assert isinstance(data["key"].dtype, pd.CategoricalDtype) and list(
+        data["mode"].cat.categories) == ["Major", "Minor"]
+    assert data.loc["Song 0", "release_date"] == pd.Timestamp("2022-05-20") and data[
+        "days_since_release"].min() == 0
     first = clean(raw, keep_repeat="first listed").data
     assert first.loc[first["track_name"].str.casefold() == "twin", "streams"].tolist() == [5e8]
     assert "Tiny" in clean(raw, min_streams=0).data["track_name"].tolist()
     with pytest.raises(ValueError, match="keep_repeat='last'"):
         clean(raw, keep_repeat="last")
-    copy = raw.copy()
-    clean(raw)
-    pd.testing.assert_frame_equal(raw, copy)  # the input frame is unchanged
+    with_c = clean(load_raw(write(tmp_path, good_lines() + [row(name="NoKey", key=""),
+                                                             row(name="HasC", key="C")]))).data
+    assert with_c.set_index("track_name").loc["NoKey", "key"] == "unknown"
+
 
 def test_load_songs_reads_what_save_clean_wrote_or_rebuilds_it(tmp_path, sample_clean, capsys):
     """A notebook opened alone (no 02 before it) rebuilds the cleaned table as 02 does."""
@@ -205,13 +201,14 @@ def test_load_songs_reads_what_save_clean_wrote_or_rebuilds_it(tmp_path, sample_
     assert back["key"].dtype == sample_clean.data["key"].dtype
     assert back["release_weekday"].notna().all()
 
+
 def test_the_committed_sample_is_what_the_generator_makes_with_every_quirk(sample_clean):
     from spotify_streams.commands import synthetic_sample
 
     raw_bytes = SAMPLE_DATA.read_bytes()
     assert raw_bytes == synthetic_sample.make_synthetic_sample()
     with pytest.raises(UnicodeDecodeError):
-        raw_bytes.decode("utf-8")
+        raw_bytes.decode("utf-8")  # CP1252, with CRLF line ends
     assert b"\r\n" in raw_bytes
     found = steps(sample_clean)
     assert found["duplicate track/artist pairs"] == 4
@@ -221,39 +218,31 @@ def test_the_committed_sample_is_what_the_generator_makes_with_every_quirk(sampl
     assert not {"values out of range", "file encoding"} & set(found.index)  # logged only if used
     assert not found.index.str.startswith("release date after").any()
 
-def test_resolve_run_defaults_and_output_folders(tmp_path, monkeypatch):
+
+def test_resolve_run_output_folders_and_a_quick_run_never_writes_reports(tmp_path, monkeypatch):
+    """A quick run on the real file once rewrote reports/; SERIES_REPORTS_DIR redirects it."""
     monkeypatch.setattr(config, "RAW_DATA", tmp_path / "absent.csv")
     run = resolve_run()
     assert run.is_synthetic and not run.is_real and "SYNTHETIC" in config.data_banner(run)
     assert run.metrics_dir == BUILD_DIR / "synthetic" / "metrics"
     run = resolve_run(SAMPLE_DATA, tmp_path / "out")
-    assert run.metrics_dir == tmp_path / "out" / "metrics"
-    assert run.processed_path.is_relative_to(tmp_path / "out")
-    assert run.models_dir.is_relative_to(tmp_path / "out")
+    assert run.metrics_dir == tmp_path / "out" / "metrics" and all(
+        p.is_relative_to(tmp_path / "out") for p in (run.processed_path, run.models_dir))
     run = resolve_run(write(tmp_path, good_lines(), "mine.csv"))
     assert run.output_dir == BUILD_DIR / "mine" and "not the original" in config.data_banner(run)
-
-def test_the_real_file_writes_reports_or_their_copy_but_a_quick_run_never(tmp_path, monkeypatch):
-    """papermill -p QUICK True on the real file used to rewrite reports/ with smoke results;
-    SERIES_REPORTS_DIR (the test session) redirects the committed results."""
     real = write(tmp_path, good_lines(), "spotify-2023.csv")
     monkeypatch.setattr(config, "REAL_SHA256", config.file_sha256(real))
     monkeypatch.delenv("SERIES_REPORTS_DIR", raising=False)  # set by conftest.py
     full, quick = resolve_run(real), resolve_run(real, quick=True)
     assert full.is_real and full.metrics_dir == REPORTS_DIR / "metrics"
     assert quick.is_real and quick.output_dir == BUILD_DIR / "real-quick"
-    assert not quick.metrics_dir.is_relative_to(REPORTS_DIR)
-    assert not quick.figures_dir.is_relative_to(REPORTS_DIR)
+    assert not any(p.is_relative_to(REPORTS_DIR) for p in (quick.metrics_dir, quick.figures_dir))
     monkeypatch.setenv("SERIES_REPORTS_DIR", str(tmp_path / "copy"))
     assert resolve_run(real).figures_dir == tmp_path / "copy" / "figures"
 
-def test_check_data_accepts_the_sample_and_refuses_too_few_songs(tmp_path):
-    check_data(SAMPLE_DATA)
-    with pytest.raises(DataError, match="Only 5 usable songs after cleaning; the series needs "
-                                        "at least 50"):
-        check_data(write(tmp_path, good_lines(5)))
 
 KEPT_ROW = 3  # a sample row clean() keeps
+
 
 def test_future_release_dates_are_dropped_and_do_not_move_the_reference_date(sample_raw,
                                                                               sample_clean):
@@ -271,30 +260,33 @@ def test_future_release_dates_are_dropped_and_do_not_move_the_reference_date(sam
     raw.loc[raw.index[0], "released_year"] = str(pd.Timestamp.today().year + 1)
     assert clean(raw).steps_table()["step"].str.startswith("release date after ").sum() == 1
 
+
 @pytest.mark.parametrize("column, value", [
     ("in_spotify_playlists", "-1"), ("in_deezer_charts", "-2"), ("in_shazam_charts", "-3"),
     ("danceability_%", "1000000"), ("energy_%", "101"), ("bpm", "1000000000"), ("bpm", "0"),
-    ("artist_count", "0"), ("in_apple_charts", "1.5"),
-])
+    ("artist_count", "0"), ("in_apple_charts", "1.5")])
 def test_out_of_range_values_are_dropped_and_logged(sample_raw, column, value):
     raw = sample_raw.copy()
     raw.loc[KEPT_ROW, column] = value
     result = clean(raw)
     assert KEPT_ROW not in result.data["raw_row"].tolist()
-    log = result.steps_table().set_index("step")
-    assert log.loc["values out of range", "rows"] == 1
-    assert column in log.loc["values out of range", "action"]
+    log = result.steps_table().set_index("step").loc["values out of range"]
+    assert log["rows"] == 1 and column in log["action"]
     assert result.dropped.set_index("raw_row").loc[KEPT_ROW, "reason"] == "values out of range"
 
-def test_a_negative_count_passes_the_check_and_every_model_input_is_finite(tmp_path, sample_raw):
-    """in_spotify_playlists = -1 used to reach log1p in notebook 03 ('Input X contains
-    infinity'); now clean() drops the row, so check_data and the preprocessing both succeed."""
+
+def test_check_data_refuses_too_few_songs_and_passes_a_negative_count(tmp_path, sample_raw):
+    """in_spotify_playlists = -1 once reached log1p in 03 ('Input X contains infinity')."""
+    with pytest.raises(DataError, match="Only 5 usable songs after cleaning; the series needs "
+                                        "at least 50"):
+        check_data(write(tmp_path, good_lines(5)))
     raw = sample_raw.copy()
     raw.loc[KEPT_ROW, "in_spotify_playlists"] = "-1"
     raw.to_csv(path := tmp_path / "negative.csv", index=False)
     check_data(path)
     songs = add_features(clean(load_raw(path)).data)[feature_columns("full")]
     assert np.isfinite(make_preprocessor("full").fit_transform(songs)).all()
+
 
 @pytest.mark.parametrize("name, value, message", [
     ("QUICK", "yes", "QUICK must be True or False, not 'yes' \\(str\\)"),
@@ -305,12 +297,12 @@ def test_a_negative_count_passes_the_check_and_every_model_input_is_finite(tmp_p
     ("N_JOBS", "2", "N_JOBS must be a positive whole number"),
     ("DATA_PATH", 5, "DATA_PATH must be None or a file path"),
     ("OUTPUT_DIR", "", "OUTPUT_DIR must be None or a folder path"),
-    ("DASK_SCHEDULER", 8786, "DASK_SCHEDULER must be None or a scheduler address"),
-])
+    ("DASK_SCHEDULER", 8786, "DASK_SCHEDULER must be None or a scheduler address")])
 def test_a_bad_notebook_parameter_is_a_parameter_error_not_a_data_error(name, value, message):
     with pytest.raises(ParameterError, match=f"Bad notebook parameter.*{message}") as error:
         config.check_parameters(**{name: value})
     assert not isinstance(error.value, DataError) and issubclass(DataError, ValueError)
+
 
 def test_good_notebook_parameters_pass():
     config.check_parameters(DATA_PATH=None, OUTPUT_DIR=None, SEED=42, QUICK=False, N_JOBS=2,
@@ -320,9 +312,9 @@ def test_good_notebook_parameters_pass():
     with pytest.raises(TypeError, match="unknown parameter.*SPEED"):
         config.check_parameters(SPEED=1)
 
+
 def test_metrics_round_trip_and_a_missing_step_is_a_missing_step_error(tmp_path, capsys):
-    """save_metrics rounds to 6 decimals; a notebook not run yet is MissingStepError (a
-    FileNotFoundError, not a DataError); on the real file the committed metrics stand in."""
+    """6 decimals; a notebook not run is a MissingStepError; committed metrics stand in."""
     run = resolve_run(SAMPLE_DATA, tmp_path)
     path = save_metrics(run, "99_test", {"cv": pd.DataFrame({"m": ["a"], "r2": [0.123456789]})},
                         seed=1)
@@ -338,16 +330,15 @@ def test_metrics_round_trip_and_a_missing_step_is_a_missing_step_error(tmp_path,
         assert load_metrics(real, "05_grid")["tuned"]
         assert "using the committed" in capsys.readouterr().out
 
-def test_importing_the_package_sets_no_runtime_variable():
-    """Not helpers, not any module of the package: only configure_runtime() does."""
+
+def test_only_configure_runtime_sets_the_runtime_variables_and_keeps_the_callers():
+    """Importing helpers or any module of the package sets none."""
     env = {k: v for k, v in os.environ.items() if k not in RUNTIME_ENVIRONMENT}
     code = ("import os, pkgutil, helpers, spotify_streams as s; [__import__(m.name) for m in "
             "pkgutil.walk_packages(s.__path__, s.__name__ + '.')]; "
             f"print(sorted(set(os.environ) & {set(RUNTIME_ENVIRONMENT)!r}))")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == "[]\n", done.stderr[-2000:]
-
-def test_configure_runtime_sets_every_variable_but_keeps_the_callers():
     environ = {"ONEDNN_MAX_CPU_ISA": "SSE41"}  # e.g. an emulated CPU
     assert configure_runtime(environ) == environ == {
         "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "TF_NUM_INTRAOP_THREADS": "1",

@@ -24,13 +24,9 @@ def lock_pins() -> dict[str, str]:
 def disagreements(requirements: list[str], pins: dict[str, str]) -> list[str]:
     """Each requirement missing from the lock or whose range excludes its pinned version."""
     pins = {canonicalize_name(name): version for name, version in pins.items()}
-    problems = []
-    for text in requirements:
-        req = Requirement(text)
-        pinned = pins.get(canonicalize_name(req.name))
-        if pinned is None or not req.specifier.contains(pinned, prereleases=True):
-            problems.append(f"{text!r} vs requirements.txt {req.name}=={pinned}")
-    return problems
+    return [f"{text!r} vs requirements.txt {req.name}=={pinned}" for text in requirements
+            if (pinned := pins.get(canonicalize_name((req := Requirement(text)).name))) is None
+            or not req.specifier.contains(pinned, prereleases=True)]
 
 
 def test_runtime_and_dev_ranges_admit_the_lock():

@@ -1,14 +1,17 @@
-"""The seed network in Keras: the fast training path, the trainer cache, reproducibility, the
-grid search, its progress bar and its scale-out on Dask. Small fits on the synthetic sample."""
+"""The Keras seed network and the grid search: small fits on the synthetic sample."""
 
 import json
 import subprocess
 import sys
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.model_selection import GridSearchCV
+from sklearn.metrics import r2_score
+from sklearn.model_selection import GridSearchCV, GroupShuffleSplit, cross_val_score
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import check_estimator
 
 from spotify_streams.evaluation import artist_key, cv_splits
 from spotify_streams.features import feature_columns, log_streams, make_preprocessor
@@ -21,9 +24,11 @@ TINY = {"neurons": 16, "batch_size": 32, "epochs": 20}  # enough to learn someth
 SHORT = {"neurons": 8, "batch_size": 64, "epochs": 3}  # enough to tell two fits apart
 FRESH_SEED = 1
 
+
 @pytest.fixture(scope="module")
 def data(songs):
     return songs[feature_columns("full")], log_streams(songs)
+
 
 def test_network_is_the_seed_architecture():
     model = build_mlp(10, neurons=64, dropout=0.3, learning_rate=0.01)
@@ -33,34 +38,29 @@ def test_network_is_the_seed_architecture():
     assert model.loss == "mse" and type(model.optimizer).__name__ == "Adam"
     assert float(model.optimizer.learning_rate) == pytest.approx(0.01)
 
+
 def test_fast_path_scores_like_plain_model_fit(songs, data):
-    """Same folds, same network: the tf.data path and Keras's plain fit on numpy give CV R²
-    within one fold spread of each other (not bit-equal: the shuffles differ)."""
+    """tf.data path and Keras's fit on numpy: CV R² within one fold spread (not bit-equal)."""
     import keras
-    from sklearn.metrics import r2_score
-    from sklearn.model_selection import cross_validate
-    from sklearn.preprocessing import StandardScaler
 
     X, y = data
     splits = cv_splits(songs, seed=0, n_splits=3, n_repeats=1)
-    fast = cross_validate(make_mlp("full", seed=0, **TINY), X, y, cv=splits,
-                          scoring="r2")["test_score"]
+    fast = cross_val_score(make_mlp("full", seed=0, **TINY), X, y, cv=splits, scoring="r2")
     plain = []
     for tr, va in splits:
-        prepare = make_preprocessor("full").fit(X.iloc[tr])
-        target = StandardScaler().fit(y[tr, None])
+        prepare, target = make_preprocessor("full").fit(X.iloc[tr]), StandardScaler()
         keras.utils.set_random_seed(0)
         model = build_mlp(len(prepare.get_feature_names_out()), neurons=16, seed=0)
-        model.fit(prepare.transform(X.iloc[tr]), target.transform(y[tr, None]), verbose=0,
+        model.fit(prepare.transform(X.iloc[tr]), target.fit_transform(y[tr, None]), verbose=0,
                   epochs=TINY["epochs"], batch_size=TINY["batch_size"])
         pred = target.inverse_transform(model.predict(prepare.transform(X.iloc[va]), verbose=0))
         plain.append(r2_score(y[va], pred.ravel()))
     assert fast.mean() > 0.3  # it learned something
     assert abs(fast.mean() - np.mean(plain)) < max(fast.std(), np.std(plain))
 
-@pytest.fixture(scope="module")
-def fresh_processes():
-    """Predictions of the same fit (seed FRESH_SEED) in two fresh processes, side by side."""
+
+def test_the_trainer_cache_gives_a_fresh_models_result(data):
+    """A reused trainer, two fresh processes: bit-identical; another seed differs."""
     code = ("import json; from spotify_streams import config, dataset as d, features as f\n"
             "from spotify_streams.modeling.network import make_mlp\n"
             "s = f.add_features(d.clean(d.load_raw(config.SAMPLE_DATA)).data)\n"
@@ -69,46 +69,33 @@ def fresh_processes():
             "print(json.dumps(m.predict(X.iloc[:20]).tolist()))\n")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [proc.communicate(timeout=300) for proc in procs]
-    assert all(proc.returncode == 0 for proc in procs), [err for _, err in outputs]
-    return [np.array(json.loads(out.strip().splitlines()[-1]), dtype=np.float32)
-            for out, _ in outputs]
-
-def test_the_trainer_cache_gives_a_fresh_models_result(data, fresh_processes):
-    """Fits that reuse a cached trainer (after other configurations trained on it) give
-    bit-identical predictions to the same fit in a fresh process; two fresh processes agree;
-    another seed differs."""
     X, y = data
     for params in [{"learning_rate": 0.01, "batch_size": 32, "epochs": 2}, {"dropout": 0.3}]:
         make_mlp("full", seed=5, **{**SHORT, **params}).fit(X, y)
     here = make_mlp("full", seed=FRESH_SEED, **SHORT).fit(X, y).predict(X.iloc[:20])
-    np.testing.assert_array_equal(here, fresh_processes[0])
-    np.testing.assert_array_equal(*fresh_processes)
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), [err for _, err in outputs]
+    fresh = [np.array(json.loads(out.strip().splitlines()[-1]), np.float32) for out, _ in outputs]
+    np.testing.assert_array_equal(here, fresh[0])
+    np.testing.assert_array_equal(*fresh)
     other = make_mlp("full", seed=FRESH_SEED + 1, **SHORT).fit(X, y).predict(X.iloc[:20])
     assert not np.array_equal(here, other)
+
 
 def search(songs, estimator, grid, n_jobs):
     """A GridSearchCV of 2 candidates × 2 folds (whole artists), no refit."""
     return GridSearchCV(estimator, grid, scoring="r2", n_jobs=n_jobs, refit=False,
                         cv=cv_splits(songs, seed=0, n_repeats=1)[:2])
 
+
 def results(fitted_search) -> pd.DataFrame:
-    keep = ["params", "split0_test_score", "split1_test_score", "mean_test_score",
-            "rank_test_score"]
-    return pd.DataFrame(fitted_search.cv_results_)[keep]
+    return pd.DataFrame(fitted_search.cv_results_).filter(
+        regex=r"^(params|split\d_test_score|mean_test_score|rank_test_score)$")
 
-MLP_GRID = {grid_param("learning_rate"): [0.001, 0.01]}
-
-@pytest.fixture(scope="module")
-def one_process_search(songs, data):
-    return results(search(songs, make_mlp("full", seed=0, **SHORT), MLP_GRID, 1).fit(*data))
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_search_progress_counts_every_fit_and_changes_no_result(songs, data, capsys, n_jobs):
-    """Inside search_progress a search's bar ends at candidates × folds = 4 fits, counted in
-    the worker processes too, and its cv_results_ are those of the same search without it."""
-    import joblib
-
+    """The bar ends at 2 candidates × 2 folds = 4 fits; cv_results_ as without it."""
     # conftest.py turns joblib's processes off for the notebook kernels only, not here
     assert joblib.effective_n_jobs(n_jobs) == n_jobs
     grid = {"hgb__max_depth": [2, 3]}
@@ -121,34 +108,30 @@ def test_search_progress_counts_every_fit_and_changes_no_result(songs, data, cap
     pd.testing.assert_frame_equal(results(watched), results(plain))
     assert watched.scoring == "r2"  # restored
 
-def test_the_search_is_the_same_on_two_processes_and_on_a_dask_cluster(songs, data,
-                                                                        one_process_search,
-                                                                        monkeypatch):
-    """The network's search on two local processes, then on a real dask.distributed
-    LocalCluster (two worker processes) reached through DASK_SCHEDULER_ADDRESS, as a user
-    would set it: the same scores as on one process."""
+
+def test_the_search_is_the_same_on_two_processes_and_on_a_dask_cluster(songs, data, monkeypatch):
+    """Same scores on 1 and 2 processes and a LocalCluster; no scheduler: ConnectionError."""
     from dask.distributed import LocalCluster
 
-    on_two = search(songs, make_mlp("full", seed=0, **SHORT), MLP_GRID, 2).fit(*data)
-    pd.testing.assert_frame_equal(one_process_search, results(on_two))
+    def on(n_jobs):
+        grid = {grid_param("learning_rate"): [0.001, 0.01]}
+        return results(search(songs, make_mlp("full", seed=0, **SHORT), grid, n_jobs).fit(*data))
+
+    on_one = on(1)
+    pd.testing.assert_frame_equal(on_one, on(2))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
         with parallel_backend() as where:
             assert where.startswith(f"Dask cluster at {cluster.scheduler_address} (2 workers")
-            on_dask = search(songs, make_mlp("full", seed=0, **SHORT), MLP_GRID, 2).fit(*data)
-    pd.testing.assert_frame_equal(one_process_search, results(on_dask))
-
-def test_an_unreachable_scheduler_is_a_connection_error():
+            pd.testing.assert_frame_equal(on_one, on(2))
     with pytest.raises(ConnectionError, match="Cannot reach the Dask scheduler"):
         with parallel_backend("tcp://127.0.0.1:9", timeout="1s"):
             pass
 
-def test_the_network_is_a_scikit_learn_estimator():
-    """scikit-learn's own estimator checks pass, but two that do not apply: a 2-epoch network
-    of 4 units has no skill, and float32 products in another row order differ in the 8th digit."""
-    from sklearn.utils.estimator_checks import check_estimator
 
+def test_the_network_is_a_scikit_learn_estimator():
+    """scikit-learn's estimator checks pass, but two that do not apply (listed with why)."""
     expected = {"check_regressors_train": "2 epochs of 4 units: no skill expected",
                 "check_methods_sample_order_invariance": "float32 sums in another order"}
     outcomes = check_estimator(KerasMLPRegressor(neurons=4, epochs=2, batch_size=8),
@@ -157,11 +140,9 @@ def test_the_network_is_a_scikit_learn_estimator():
     assert {r["check_name"] for r in outcomes if r["status"] == "xfail"} <= set(expected)
     assert sum(r["status"] == "passed" for r in outcomes) >= 40
 
-def test_early_stopping_holds_out_whole_artists(data, songs):
-    """With early_stopping the validation rows are whole artists drawn with the seed; the
-    network stops before its epoch budget and keeps its best weights."""
-    from sklearn.model_selection import GroupShuffleSplit
 
+def test_early_stopping_holds_out_whole_artists(data, songs):
+    """The validation rows are whole artists drawn with the seed; it stops before 200 epochs."""
     X, y = data
     groups = artist_key(songs)
     model = make_mlp("full", seed=2, **{**TINY, "epochs": 200}, early_stopping=True,

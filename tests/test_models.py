@@ -1,49 +1,55 @@
-"""Features, splits and the evidence rule (known numbers), the baselines, saved models and
-predictions for new songs."""
+"""Features, splits, the evidence rule, baselines, saved models, predictions for new songs."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+import skops.io
+from sklearn.base import BaseEstimator, clone
+from sklearn.ensemble import VotingRegressor
+from sklearn.metrics import r2_score
 
+from conftest import conformal, save_fitted
 from spotify_streams import contract
 from spotify_streams import evaluation as ev
 from spotify_streams import features as ft
-from spotify_streams.config import SAMPLE_DATA
-from spotify_streams.dataset import clean, load_raw, pair_key
+from spotify_streams.dataset import load_raw, pair_key
 from spotify_streams.errors import DataError, MissingStepError, UntrustedModelError
 from spotify_streams.modeling import predict
+from spotify_streams.modeling import selection as sel
 from spotify_streams.modeling.baselines import make_baseline
 from spotify_streams.modeling.network import make_mlp
 from spotify_streams.modeling.predict import load_model, predict_streams, save_model
-from spotify_streams.modeling.selection import cheapest_within, grid_param
 from spotify_streams.schema import PLATFORM_COLUMNS
-from spotify_streams.search_spaces import ORIGINAL_GRID
 
 TINY = {"neurons": 4, "batch_size": 64, "epochs": 1}  # a network that only has to exist
-RESIDUALS = np.linspace(-0.5, 0.5, 101)  # a stand-in for cross-validated residuals (log10)
 NEXT_YEAR = str(pd.Timestamp.today().year + 1)
+
 
 def fitted(songs, name="linear", feature_set="full", **params):
     model = make_mlp(feature_set, seed=1, **TINY) if name == "mlp" else make_baseline(
         name, feature_set, seed=1, **params)
     return model.fit(songs[ft.feature_columns(feature_set)], ft.log_streams(songs))
 
-@pytest.fixture(scope="module")
-def linear_model(songs, tmp_path_factory):
-    """A quick stand-in for the saved network (same save_model, same checks of new rows)."""
-    return save_model(fitted(songs), tmp_path_factory.mktemp("linear"), "full", songs, RESIDUALS)
+
+@pytest.fixture
+def linear_model(saved_models):
+    return saved_models / "final"
+
 
 @pytest.mark.parametrize("feature_set", list(ft.FEATURE_SETS))
 def test_the_preprocessors_columns_depend_on_the_feature_set_only(songs, feature_set):
-    """preprocessed_columns (which make_baseline's monotone constraint indexes) names what the
-    fitted preprocessor outputs, on all songs and on a few without a missing value."""
+    """preprocessed_columns names the fitted output, on all songs and a few without a NaN."""
     columns = ft.feature_columns(feature_set)
     for rows in (songs, songs[songs["in_shazam_charts"].notna()].head(5)):
         prep = ft.make_preprocessor(feature_set).fit(rows[columns])
         assert list(prep.get_feature_names_out()) == ft.preprocessed_columns(feature_set)
         assert prep.transform(rows[columns]).shape[1] == len(ft.preprocessed_columns(feature_set))
+
 
 def test_feature_sets_weekday_and_the_preprocessor(songs):
     audio, pre, full = (set(ft.feature_columns(s)) for s in ["audio", "pre-release", "full"])
@@ -58,13 +64,9 @@ def test_feature_sets_weekday_and_the_preprocessor(songs):
     scaled = X[:, names.index("in_spotify_playlists")]
     assert abs(scaled.mean()) < 1e-9 and abs(scaled.std() - 1) < 1e-9
 
-def test_logs_are_exact_and_the_same_on_every_cpu():
-    """Correctly rounded logarithms (known values), and a process with numpy's SIMD kernels
-    held below this CPU's level computes the same bytes."""
-    import os
-    import subprocess
-    import sys
 
+def test_logs_are_exact_and_the_same_on_every_cpu():
+    """Correctly rounded logs (known values); the same bytes with numpy's SIMD held lower."""
     assert ft.exact_log([1e8, 2.0, 123456789.0]).tolist() == [8.0, 0.3010299956639812,
                                                            8.09151497716927]
     assert ft.exact_log([[0.0, 1.0]], base10=False).tolist() == [[0.0, 0.6931471805599453]]
@@ -80,9 +82,9 @@ def test_logs_are_exact_and_the_same_on_every_cpu():
     assert out[0].returncode == out[1].returncode == 0, out[0].stderr + out[1].stderr
     assert out[0].stdout == out[1].stdout
 
+
 def test_split_keeps_each_artist_on_one_side_and_stays_put(songs):
-    """A stable hash of the first artist: removing, editing or reordering songs moves no
-    other song; the seed does."""
+    """Removing, editing or reordering songs moves no other song; the seed does."""
     frame = pd.DataFrame({"artist(s)_name": ["Bad Bunny", "bad bunny, Drake", " Drake,Bad Bunny"]})
     assert ev.artist_key(frame).tolist() == ["badbunny", "badbunny", "drake"]
     data = pd.concat([songs, songs.iloc[[0]].assign(streams=1)], ignore_index=True)  # a twin
@@ -100,6 +102,7 @@ def test_split_keeps_each_artist_on_one_side_and_stays_put(songs):
     assert held_out(edited) == before == held_out(songs.sample(frac=1, random_state=0))
     assert held_out(songs, seed=6) != before
 
+
 def test_cv_splits_cover_every_row_once_per_repeat_by_whole_artists(songs):
     splits = ev.cv_splits(songs, seed=0, n_splits=5, n_repeats=2)
     assert len(splits) == 10 and not np.array_equal(splits[0][1], splits[5][1])  # reshuffled
@@ -109,10 +112,9 @@ def test_cv_splits_cover_every_row_once_per_repeat_by_whole_artists(songs):
     for tr, va in splits:
         assert not set(ev.artist_key(songs.iloc[tr])) & set(ev.artist_key(songs.iloc[va]))
 
+
 def test_the_scoring_dict_reports_errors_as_positive_numbers():
     """A model predicting 1, 2.3, 4 for 1, 2, 3 (log10): errors 0, 0.3, 1."""
-    from sklearn.base import BaseEstimator
-
     class Fixed(BaseEstimator):
         def predict(self, X):
             return np.array([1.0, 2.3, 4.0])
@@ -122,30 +124,36 @@ def test_the_scoring_dict_reports_errors_as_positive_numbers():
     assert scores == pytest.approx({"mse": 1.09 / 3, "mae": 1.3 / 3, "median_factor": 1.9952623})
     assert ev.scoring()["r2"] == "r2"  # 10^0.3 above: the typical prediction is off by × 2
 
+
 def test_paired_difference_is_the_corrected_resampled_t_test():
-    """Differences 0.1, 0, 0.2, 0.3 over 4 folds of 2 validation rows to 8 training rows:
-    s² = 0.05/3, SE = √((1/4 + 2/8)·s²) = 0.0913 (not s/√4 = 0.0645), t = 1.643 on 3 df."""
+    """Known values: SE = √((1/4 + 2/8)·s²) = 0.0913 (not s/√4), t = 1.643 on 3 df."""
     splits = [(np.arange(8), np.arange(8, 10))] * 4
-    out = ev.paired_difference([0.5, 0.6, 0.7, 0.8], [0.4, 0.6, 0.5, 0.5], splits)
-    assert out == pytest.approx({"difference": 0.15, "se": 0.0912871, "ci_low": -0.1405163,
-                                 "ci_high": 0.4405163, "t": 1.6431677, "p_value": 0.1988922,
-                                 "folds_won": "3 of 4"})  # a tie is not a win
+    a, b = [0.5, 0.6, 0.7, 0.8], [0.4, 0.6, 0.5, 0.5]
+    assert ev.paired_difference(a, b, splits) == pytest.approx({
+        "difference": 0.15, "se": 0.0912871, "ci_low": -0.1405163, "ci_high": 0.4405163,
+        "t": 1.6431677, "p_value": 0.1988922, "detectable": 0.3798382,
+        "folds_won": "3 of 4", "verdict": "not detectable at this power"})  # a tie is no win
+    assert ev.paired_difference(a, b, splits, family=3) == pytest.approx({
+        "difference": 0.15, "se": 0.0912871, "ci_low": -0.2933501, "ci_high": 0.5933501,
+        "t": 1.6431677, "p_value": 0.5966766, "detectable": 0.5326720,
+        "folds_won": "3 of 4", "verdict": "not detectable at this power"})
     one = ev.paired_difference([0.5], [0.4], splits)
     assert np.isnan(one["se"]) and np.isnan(one["p_value"])  # one fold: no evidence either way
+    assert one["verdict"] == "not detectable at this power"
 
-@pytest.mark.parametrize("p, passed", [
-    ([0.01, 0.04, 0.03], [True, False, False]),  # 0.01 ≤ 0.05/3; then 0.03 > 0.05/2: stop
-    ([0.001, 0.02, 0.04], [True, True, True]),  # 0.02 ≤ 0.025, 0.04 ≤ 0.05
-    ([0.03, 0.001, float("nan")], [False, True, False]), ([], []),
-])
-def test_holm_steps_down_through_the_family(p, passed):
-    assert ev.holm(p).tolist() == passed
+
+@pytest.mark.parametrize("family", [1, 2, 5, 15])
+def test_a_verdict_is_real_exactly_when_its_interval_excludes_zero(family):
+    """One correction for both: the simultaneous interval and the adjusted p agree."""
+    rng = np.random.default_rng(family)
+    splits = [(np.arange(8), np.arange(8, 10))] * 5
+    for _ in range(200):
+        out = ev.paired_difference(rng.normal(0.02, 0.02, 5), np.zeros(5), splits, family)
+        assert (out["verdict"] == "real") == (out["ci_low"] > 0 or out["ci_high"] < 0)
+
 
 def test_r2_interval_resamples_groups_and_matches_r2_score():
-    """Resampling artists (songs in groups of 4 that share their error) gives a wider interval
-    than resampling songs; one resample's R² is r2_score's weighted R²."""
-    from sklearn.metrics import r2_score
-
+    """Resampling artists is wider than songs; one resample is r2_score's weighted R²."""
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(50), 4)
     y = rng.normal(size=200) + np.repeat(rng.normal(size=50), 4)
@@ -161,10 +169,9 @@ def test_r2_interval_resamples_groups_and_matches_r2_score():
     assert r2_score(y, pred, sample_weight=weights) == pytest.approx((low + high) / 2, abs=0.05)
     assert ev.r2_interval(y, pred, groups=groups, minus=pred, seed=1) == (0.0, 0.0)  # vs itself
 
+
 def test_baseline_knobs_are_set_by_name_and_searchable(songs):
     """Notebook 05 searches f"{name}__knob", 06 builds the tuned model from saved values."""
-    from sklearn.base import clone
-
     forest = make_baseline("rf", "full", seed=3, max_depth=4).named_steps["rf"]
     assert (forest.max_depth, forest.random_state, forest.n_estimators) == (4, 3, 100)
     searched = clone(make_baseline("hgb", "full")).set_params(hgb__max_depth=3)
@@ -176,11 +183,9 @@ def test_baseline_knobs_are_set_by_name_and_searchable(songs):
     with pytest.raises(ValueError, match="Unknown baseline 'forest'"):
         make_baseline("forest", "full")
 
-def test_ensemble_fold_predictions_are_what_voting_regressor_predicts(songs):
-    """Notebook 06 scores the ensemble in CV as the mean of its members' held-out predictions
-    instead of refitting them inside a VotingRegressor: the two must agree exactly."""
-    from sklearn.ensemble import VotingRegressor
 
+def test_ensemble_fold_predictions_are_what_voting_regressor_predicts(songs):
+    """06's mean of the members' held-out predictions is exactly VotingRegressor's."""
     (tr, va), = ev.cv_splits(songs, seed=0, n_repeats=1)[:1]
     X, y = songs[ft.feature_columns("full")], ft.log_streams(songs)
     members = [("mlp", make_mlp("full", seed=3, **TINY)),
@@ -189,57 +194,76 @@ def test_ensemble_fold_predictions_are_what_voting_regressor_predicts(songs):
     voting = VotingRegressor(members).fit(X.iloc[tr], y[tr]).predict(X.iloc[va])
     np.testing.assert_array_equal((held_out[0] + held_out[1]) / 2, voting)
 
-def test_cheapest_within_ignores_differences_below_the_tie_margin():
-    """The best by 0.0003 R² loses to a cheaper configuration within the margin; a cheaper one
-    outside the margin does not win; equal cost goes to the better score."""
-    rows = [(0.001, 0.2, 128, 16, 100, 0.7967),   # best
-            (0.001, 0.3, 128, 32, 100, 0.7964),   # runner-up, half the steps
-            (0.001, 0.2, 128, 32, 50, 0.7926),    # within 0.01, cheapest
-            (0.001, 0.3, 128, 32, 50, 0.7897),    # same cost, lower score
-            (0.01, 0.2, 64, 32, 50, 0.7763)]      # cheaper still, but 0.02 below the best
-    results = {"mean_test_score": np.array([r[-1] for r in rows]),
-               **{f"param_{grid_param(k)}": np.array([r[i] for r in rows])
-                  for i, k in enumerate(ORIGINAL_GRID)}}
-    assert [cheapest_within(tie)(results) for tie in (0.01, 0.0, 0.001)] == [2, 0, 1]
+
+FOLDS = [(np.arange(8), np.arange(8, 10))] * 5
+SCORES = pd.DataFrame({  # per fold; A has the best mean (0.800)
+    "A": [0.80, 0.82, 0.78, 0.81, 0.79],
+    "B": [0.79, 0.83, 0.77, 0.80, 0.80],  # A − B: ±0.01 a fold, mean 0.002: within the noise
+    "B, worse": [0.789, 0.829, 0.769, 0.799, 0.799],  # as B, 0.001 lower: still tied
+    "C": [0.70, 0.71, 0.69, 0.70, 0.70],  # 0.10 below A in every fold: not tied
+})
+
+
+def test_the_tie_rule_takes_the_simplest_within_the_noise_and_the_grid_refits_by_it():
+    cost = pd.Series({"A": 3, "B": 1, "B, worse": 1, "C": 0})  # C: simplest, but worse
+    assert sel.within_noise(SCORES, FOLDS) == ["A", "B", "B, worse"]
+    assert sel.simplest_within_noise(SCORES, FOLDS, cost) == ("B", ["A", "B", "B, worse"])
+    assert sel.simplest_within_noise(SCORES[["A", "C"]], FOLDS, cost)[0] == "A"
+    assert sel.simplicity(["tuned MLP", "hgb tuned, free", "hgb tuned"]).to_dict() == {
+        "tuned MLP": 9, "hgb tuned, free": 6, "hgb tuned": 4}
+    # the grid refits by the same rule: B trains 50/32·64 = 100 units, A 100/16·128 = 800
+    knobs = [(100, 16, 128), (50, 32, 64), (50, 32, 64), (10, 32, 64)]
+    results = {f"split{i}_test_score": SCORES.iloc[i].to_numpy() for i in range(5)}
+    results["params"] = [{sel.grid_param("epochs"): e, sel.grid_param("batch_size"): b,
+                          sel.grid_param("neurons"): n} for e, b, n in knobs]
+    assert sel.training_cost(results["params"][0]) == (800, 0)  # no lr or dropout
+    assert sel.tie_rule(FOLDS)(results) == 1
+
 
 @pytest.mark.parametrize("kind", ["mean", "linear", "hgb", "rf", "mlp", "ensemble"])
 def test_saved_models_hold_only_the_types_the_series_trusts(songs, tmp_path, kind):
-    """Each kind of model notebook 06 may save loads with skops.io trusting only SAVED_TYPES (a
-    library release that renames a type fails here, naming it), and predicts as before."""
-    import skops.io
-    from sklearn.ensemble import VotingRegressor
-
+    """Every kind 06 may save loads trusting only SAVED_TYPES and predicts as before."""
     X, y = songs[ft.feature_columns("full")], ft.log_streams(songs)
     small = {"rf": {"n_estimators": 3}, "hgb": {"max_iter": 5}}.get(kind, {})
     model = (VotingRegressor([("mlp", make_mlp("full", seed=1, **TINY)), ("hgb", make_baseline(
         "hgb", "full", max_iter=5))]).fit(X, y) if kind == "ensemble" else fitted(
         songs, kind, **small))
-    folder = save_model(model, tmp_path, "full", songs, RESIDUALS)
-    found = set(skops.io.get_untrusted_types(file=folder / "model.skops"))
-    assert found <= predict.SAVED_TYPES, f"types to review: {found - predict.SAVED_TYPES}"
+    bounds = conformal(songs, model)
+    folder = save_model(model, tmp_path, "full", songs, bounds)
+    for name in ["model", "conformal"]:
+        found = set(skops.io.get_untrusted_types(file=folder / f"{name}.skops"))
+        assert found <= predict.SAVED_TYPES, f"{name}: types to review: " \
+                                             f"{found - predict.SAVED_TYPES}"
     np.testing.assert_array_equal(load_model(folder).predict(X[:5]), model.predict(X[:5]))
+    np.testing.assert_array_equal(load_model(folder, "conformal").predict_interval(X[:5])[1],
+                                  bounds.predict_interval(X[:5])[1])
     if kind == "mlp":
         info = json.loads((folder / "model.json").read_text())
         assert info == {"feature_set": "full", "model": "mlp", "blank_key": "C", "quick": False,
-                        "reference_date": "2023-06-20", "residuals": RESIDUALS.round(6).tolist()}
+                        "reference_date": "2023-06-20", "confidence_levels": [0.5, 0.8, 0.9, 0.95]}
+
 
 def test_a_model_file_with_other_types_is_refused(songs, linear_model, monkeypatch):
+    trusted = predict.SAVED_TYPES - {"mapie.regression.regression.CrossConformalRegressor"}
+    monkeypatch.setattr(predict, "SAVED_TYPES", trusted)  # the conformal file is refused
+    assert len(predict_streams(songs.head(2), linear_model)) == 2
+    with pytest.raises(UntrustedModelError, match="conformal.skops holds types the series "
+                                                  "never saves.*CrossConformalRegressor"):
+        predict_streams(songs.head(2), linear_model, interval=0.8)
     monkeypatch.setattr(predict, "SAVED_TYPES", set())  # as if the file held unknown types
     with pytest.raises(UntrustedModelError, match="holds types the series never saves.*exact_log"):
         predict_streams(songs.head(2), linear_model)
 
-def test_predict_streams_reads_raw_text_rows_as_training_did(tmp_path, linear_model):
-    """The README's way: load_raw(..., target=False) on new songs (text, separators, blanks);
-    a blank key is what clean() made of blanks (here C); a blank in_shazam_charts is imputed."""
-    raw = load_raw(SAMPLE_DATA)
-    raw.loc[clean(raw).data["raw_row"].head(8)].drop(columns="streams").to_csv(
-        tmp_path / "new.csv", index=False)
-    rows = load_raw(tmp_path / "new.csv", target=False)
+
+def test_predict_streams_reads_raw_text_rows_as_training_did(new_songs, linear_model):
+    """The README's way: load_raw(target=False) rows; a blank key is C, a blank shazam imputed."""
+    rows = load_raw(new_songs, target=False)
     predicted = predict_streams(rows, linear_model)
     assert predicted.index.equals(rows.index) and np.isfinite(predicted).all()
     pd.testing.assert_series_equal(predict_streams(rows.assign(key=None), linear_model),
                                    predict_streams(rows.assign(key="C"), linear_model))
     assert (predict_streams(rows.assign(in_shazam_charts=None), linear_model) > 0).all()
+
 
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.drop(columns=["bpm"]), "lack column.*bpm"),
@@ -254,11 +278,11 @@ def test_predict_streams_reads_raw_text_rows_as_training_did(tmp_path, linear_mo
     (lambda d: d.assign(in_spotify_playlists=-1), r"in_spotify_playlists below 0 .*'-1'"),
     (lambda d: d.assign(in_spotify_playlists="inf"), r"in_spotify_playlists is not a number"),
     (lambda d: d.assign(released_year=1930), "release year before 1940"),
-    (lambda d: d.iloc[:0], "non-empty"),
-])
+    (lambda d: d.iloc[:0], "non-empty")])
 def test_predict_streams_refuses_what_clean_refuses(songs, linear_model, change, message):
     with pytest.raises(DataError, match=message):
         predict_streams(change(songs.head(3)), linear_model)
+
 
 def test_predict_streams_names_each_refused_row_and_why(songs, linear_model):
     rows = songs.head(4).astype({"key": "str", "bpm": "float"}).set_axis(list("abcd"))
@@ -271,9 +295,9 @@ def test_predict_streams_names_each_refused_row_and_why(songs, linear_model):
     assert "row c: mode is missing; bpm outside 20–400" in text
     assert "row b" not in text and "row d" not in text
 
+
 def test_song_age_comes_from_the_reference_date_or_age_days(songs, linear_model):
-    """A release after the reference date (2023-06-20) is refused, naming the row and
-    age_days; with age_days every row gets that age."""
+    """A release after the reference date is refused naming age_days, which sets the age."""
     rows = songs.head(3).assign(released_year=[2024, 2022, int(NEXT_YEAR)])
     with pytest.raises(DataError, match="(?s)2 of 3 row.*row 0: released after the model's "
                                         "reference date 2023-06-20.*age_days"):
@@ -285,40 +309,49 @@ def test_song_age_comes_from_the_reference_date_or_age_days(songs, linear_model)
     np.testing.assert_allclose(predict_streams(new_year, linear_model, age_days=170),  # days
                                predict_streams(new_year, linear_model))  # to 2023-06-20
 
-def test_the_forecaster_needs_no_platform_counts_and_never_falls_with_age(songs, tmp_path,
+
+def test_the_forecaster_needs_no_platform_counts_and_never_falls_with_age(songs, saved_models,
                                                                          linear_model):
-    """The full model names its feature set and points to the forecaster; gradient boosting is
-    monotone in song age: over 100 songs and 8 ages up to 20 years, no prediction falls."""
-    model = fitted(songs, "hgb", "pre-release", max_depth=3, max_iter=20)
-    folder = save_model(model, tmp_path / "f", "pre-release", songs, RESIDUALS)
+    """The forecaster's (constrained) prediction never falls with age over 100 songs, 8 ages."""
     rows = songs.head(100).drop(columns=PLATFORM_COLUMNS)
     with pytest.raises(DataError, match="'full' feature set.*inputs='pre-release'"):
         predict_streams(rows, linear_model)
     ages = [0, 7, 90, 365, 730, 2922, 5000, 7305]
-    grid = np.column_stack([predict_streams(rows, folder, "pre-release", a) for a in ages])
+    grid = np.column_stack([predict_streams(rows, saved_models / "pre-release", "pre-release", a)
+                            for a in ages])
     assert (np.diff(grid, axis=1) >= 0).all() and (grid[:, -1] > grid[:, 0]).mean() > 0.5
     with pytest.raises(ValueError, match="choose 'full' or 'pre-release'"):
         predict_streams(rows, inputs="playlists")
 
-def test_prediction_intervals_come_from_the_residuals(songs, linear_model):
-    """101 residuals -0.5, -0.49, ..., 0.5; interval=0.8: the 10th (-0.41) and the 92nd (0.41)
-    order statistics (split-conformal); wider at 0.95; a bad level is named."""
+
+def test_prediction_intervals_are_the_cross_conformal_regressors(songs, linear_model):
+    """Bounds are 10^ the saved regressor's CV+ bounds, nested; other levels refused."""
     rows = songs.head(4)
-    out = predict_streams(rows, linear_model, interval=0.8)
-    assert list(out.columns) == ["predicted", "lower", "upper"] and out.index.equals(rows.index)
-    np.testing.assert_allclose(np.log10(out["upper"] / out["predicted"]), 0.41)
-    np.testing.assert_allclose(np.log10(out["lower"] / out["predicted"]), -0.41)
-    wide = predict_streams(rows, linear_model, interval=0.95)
-    assert (wide["upper"] > out["upper"]).all() and (wide["lower"] < out["lower"]).all()
+    bounds = load_model(linear_model, "conformal").predict_interval(
+        rows[ft.feature_columns("full")])[1]
+    outer = None
+    for i, level in enumerate(predict.CONFIDENCE_LEVELS):
+        out = predict_streams(rows, linear_model, interval=level)
+        assert list(out.columns) == ["predicted", "lower", "upper"] and out.index.equals(rows.index)
+        np.testing.assert_allclose(np.log10(out[["lower", "upper"]]), bounds[:, :, i])
+        assert ((out["lower"] < out["predicted"]) & (out["predicted"] < out["upper"])).all()
+        assert outer is None or ((out["lower"] <= outer["lower"]) &
+                                 (out["upper"] >= outer["upper"])).all()
+        outer = out
     pd.testing.assert_series_equal(predict_streams(rows, linear_model), out["predicted"])
-    with pytest.raises(ValueError, match="interval=80"):
-        predict_streams(rows, linear_model, interval=80)
+    for wrong in [0.7, 80, True, "0.8"]:
+        with pytest.raises(ValueError, match=rf"interval={wrong!r}: one of 0.5, 0.8, 0.9, 0.95"):
+            predict_streams(rows, linear_model, interval=wrong)
+    model = fitted(songs)
+    with pytest.raises(ValueError, match=r"confidence_level=\[0.5, 0.8, 0.9, 0.95\]"):
+        save_model(model, linear_model / "other", "full", songs,
+                   conformal(songs, model, levels=[0.9]))
+
 
 def test_without_a_model_and_a_quick_model_is_never_the_default(tmp_path, songs, monkeypatch):
-    """`make quick` leaves a smoke-run model behind: not picked up silently (MissingStepError,
-    a FileNotFoundError); asked for by folder, it is used."""
-    folder = save_model(fitted(songs), tmp_path / "run" / "models" / "final", "full", songs,
-                        RESIDUALS, quick=True)
+    """A smoke-run model is never picked up silently; asked for by folder, it is used."""
+    folder = save_fitted(songs, tmp_path / "run" / "models" / "final",
+                         make_baseline("linear", "full"), quick=True)
     monkeypatch.setattr(predict, "BUILD_DIR", tmp_path)
     monkeypatch.setattr(predict, "resolve_run",
                         lambda *a: type("R", (), {"models_dir": tmp_path / "none"})())

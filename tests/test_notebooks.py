@@ -1,6 +1,4 @@
-"""The committed notebooks, read without a kernel: cells that must work on any subset of the
-data, every parameter checked, prose numbers that their own outputs show, and no row of the
-Kaggle file in a committed output or report (`raw-rows` cells are committed without output)."""
+"""The committed notebooks without a kernel: cells, parameters, prose numbers, no raw rows."""
 
 import ast
 import contextlib
@@ -22,8 +20,10 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 REPORT_FILES = sorted(p for p in (ROOT / "reports").rglob("*") if p.suffix in {".json", ".md"})
 DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.]*\d)")
 
+
 def cells(path) -> list:
     return json.loads(path.read_text(encoding="utf-8"))["cells"]
+
 
 def run_cells(notebook, cell_ids, **names):
     """Execute cells in one namespace; the namespace and what they printed."""
@@ -33,6 +33,7 @@ def run_cells(notebook, cell_ids, **names):
             if cell.get("id") in cell_ids:
                 exec("".join(cell["source"]), namespace)
     return namespace["summary"], printed.getvalue()
+
 
 @pytest.mark.parametrize("years, absent", [((2023, 2023), "≤2000"), ((1950, 1999), "2023")])
 def test_01_period_table_works_for_any_subset(songs, years, absent):
@@ -45,10 +46,10 @@ def test_01_period_table_works_for_any_subset(songs, years, absent):
     summary, _ = run_cells("01_eda.ipynb", ["01-32", "01-33"], data=later)
     assert summary["count"].sum() == len(later) and "after 2023" in summary.index  # counted
 
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_notebook_checks_all_its_parameters(path):
-    """setup_notebook (which checks them, QUICK keeping quick runs out of reports/) gets every
-    name of the parameters cell, and the defaults pass check_parameters."""
+    """setup_notebook gets every name of the parameters cell; the defaults pass the check."""
     code = [c for c in cells(path) if c["cell_type"] == "code"]
     parameters = next(c for c in code if "parameters" in c["metadata"].get("tags", []))
     setup = ast.parse("".join(code[code.index(parameters) + 1]["source"]))
@@ -61,9 +62,9 @@ def test_every_notebook_checks_all_its_parameters(path):
     exec(source, namespace)
     check_parameters(**{name: namespace[name] for name in names})
 
+
 def unstated(nb_cells: list) -> dict:
-    """Per markdown cell, the decimal numbers (outside code spans and link targets) that
-    neither an output nor the code of the notebook shows."""
+    """Per markdown cell, its decimals (outside code and links) no output or code shows."""
     parts = ["".join(c["source"]) for c in nb_cells if c["cell_type"] == "code"]
     for out in [o for c in nb_cells for o in c.get("outputs", [])]:
         parts += ["".join(out.get("text", ""))] + ["".join(out.get("data", {}).get(m, ""))
@@ -77,9 +78,11 @@ def unstated(nb_cells: list) -> dict:
             missing[i] = sorted(absent)
     return missing
 
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_number_in_the_prose_is_in_an_output(path):
     assert unstated(cells(path)) == {}, f"{path.name}: numbers no output shows (cell: numbers)"
+
 
 def test_a_number_typed_into_the_prose_is_caught():
     assert unstated([
@@ -88,6 +91,7 @@ def test_a_number_typed_into_the_prose_is_caught():
         {"cell_type": "markdown", "source": "R² 0.812, a drop of −0.031 (`alpha=0.5`)."},
         {"cell_type": "markdown", "source": "R² 0.813 on the test set."}]) == {2: ["0.813"]}
 
+
 def leaks(names: set, notebooks=NOTEBOOKS, reports=REPORT_FILES) -> list[tuple[str, str]]:
     """(where, name) for every name of the data file in a notebook's outputs or a report."""
     texts = [(f"{path.name} cell {number}", json.dumps(cell.outputs, ensure_ascii=False))
@@ -95,6 +99,7 @@ def leaks(names: set, notebooks=NOTEBOOKS, reports=REPORT_FILES) -> list[tuple[s
              if cell.cell_type == "code"]
     texts += [(str(path), path.read_text(encoding="utf-8")) for path in reports]
     return [(where, name) for where, text in texts for name in names if name in text]
+
 
 @pytest.fixture(scope="module")
 def names():
@@ -105,9 +110,9 @@ def names():
     assert len(found) > 500
     return found
 
+
 def test_no_song_or_artist_name_is_committed_and_a_leak_is_found(names, tmp_path):
-    """The committed files are clean; a raw-rows cell that kept its output (a row as pandas
-    prints it) and a report that quotes a song are both found."""
+    """The committed files are clean; a raw-rows cell's output and a quoting report are found."""
     assert not (found := leaks(names)), f"rows of the Kaggle file in committed files: {found[:10]}"
     song = sorted(names)[0]
     nb = nbformat.read(NOTEBOOKS[0], as_version=4)
@@ -118,6 +123,7 @@ def test_no_song_or_artist_name_is_committed_and_a_leak_is_found(names, tmp_path
     found = leaks(names, [planted], [report])
     assert (f"{planted.name} cell {nb.cells.index(cell)}", song) in found
     assert (str(report), song) in found
+
 
 def test_raw_rows_cells_are_committed_without_their_output():
     tagged = [(path.name, cell) for path in NOTEBOOKS for cell in nbformat.read(path, 4).cells

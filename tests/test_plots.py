@@ -1,5 +1,4 @@
-"""The figures: sharp enough for the README, stream counts in readable units, tick labels that
-never run into each other."""
+"""The figures: 150 dpi, stream counts in readable units, tick labels that never collide."""
 
 import matplotlib
 
@@ -20,17 +19,21 @@ def close_figures():
     yield
     plt.close("all")
 
+
 def labels(axis) -> list[str]:
     return [t.get_text() for t in axis.get_majorticklabels() if t.get_visible()]
+
 
 def test_setup_notebook_makes_figures_of_150_dpi(capsys):
     helpers.setup_notebook(DATA_PATH=str(SAMPLE_DATA))
     assert matplotlib.rcParams["figure.dpi"] >= 150 and matplotlib.rcParams["savefig.dpi"] >= 150
 
+
 @pytest.mark.parametrize("value, text", [(1e6, "1 M"), (3e7, "30 M"), (1e9, "1 B"),
                                          (2.5e9, "2.5 B"), (5e3, "5 k")])
 def test_counts_read_as_thousands_millions_billions(value, text):
     assert _count_label(value) == text
+
 
 def panels(lo, hi):
     """06's actual-versus-predicted panel: PredictionErrorDisplay, both axes in streams."""
@@ -45,6 +48,7 @@ def panels(lo, hi):
     fig.canvas.draw()
     return fig, ax
 
+
 @pytest.mark.parametrize("lo, hi", [(6.0, 9.6), (7.3, 9.5), (8.0, 8.9), (5.0, 10.0)])
 def test_stream_tick_labels_never_collide(lo, hi):
     """The panels once read '100 M300 M': 2 to 4 ticks, no two labels' boxes overlap."""
@@ -55,6 +59,7 @@ def test_stream_tick_labels_never_collide(lo, hi):
         assert 2 <= len(boxes) <= 4, labels(axis)
         assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), \
             labels(axis)
+
 
 def test_stream_axes_are_labelled_in_streams_or_ratios_not_log10():
     fig, ax = panels(7.3, 9.5)

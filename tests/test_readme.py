@@ -1,5 +1,4 @@
-"""The generated blocks of README.md and docs/*.md match the committed reports, a stale one is
-caught and repaired, and every file the pages link to exists."""
+"""README.md and docs/*.md: generated blocks current (a stale one caught), links that exist."""
 
 import re
 import shutil
@@ -12,14 +11,16 @@ from spotify_streams.dataset import load_raw
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
+
 def test_generated_blocks_are_current():
     generated = update_readme.blocks()
-    assert {"results", "runtime", "performance", "contract"} <= generated.keys(), \
+    assert generated.keys() == update_readme.BLOCKS.keys(), \
         "a report in reports/ or a page in docs/ is missing"
     for path in update_readme.pages():
         text = path.read_text(encoding="utf-8")
         assert update_readme.render(text, generated, path.relative_to(ROOT).as_posix()) == \
             text, f"{path.name} is stale: run `make readme` and commit"
+
 
 @pytest.fixture
 def tree(tmp_path, monkeypatch):
@@ -32,7 +33,8 @@ def tree(tmp_path, monkeypatch):
         monkeypatch.setattr(update_readme, name, value)
     return tmp_path
 
-@pytest.mark.parametrize("name", ["results", "runtime", "performance", "contract"])
+
+@pytest.mark.parametrize("name", list(update_readme.BLOCKS))
 def test_a_stale_block_fails_the_check_and_make_readme_repairs_it(tree, name, capsys):
     path = tree / (page := update_readme.BLOCKS[name][0])
     current = path.read_text(encoding="utf-8")
@@ -41,6 +43,7 @@ def test_a_stale_block_fails_the_check_and_make_readme_repairs_it(tree, name, ca
     assert stale != current and update_readme.main(["--check"]) == 1
     assert page in capsys.readouterr().out and path.read_text(encoding="utf-8") == stale
     assert update_readme.main([]) == 0 and path.read_text(encoding="utf-8") == current
+
 
 def test_markers_missing_or_left_behind_and_an_absent_page_are_named(tree, capsys):
     readme = tree / "README.md"
@@ -59,19 +62,21 @@ def test_markers_missing_or_left_behind_and_an_absent_page_are_named(tree, capsy
     assert "block performance skipped: docs/performance.md does not exist" in \
         capsys.readouterr().out
 
+
 def relative_links(path) -> list[str]:
     """The targets of a page's markdown links to files of the repository."""
     links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8"))
     return [link for link in dict.fromkeys(links) if not re.match(r"[a-z][\w+.-]*:", link)]
+
 
 @pytest.mark.parametrize("page, link", [(page.relative_to(ROOT).as_posix(), link)
                                         for page in PAGES for link in relative_links(page)])
 def test_linked_files_exist(page, link):
     assert ((ROOT / page).parent / link).exists(), f"{page} links to {link}, which is missing"
 
+
 def test_prediction_example_reads_a_file_that_is_not_utf8(tmp_path, monkeypatch):
-    """The README's predict_streams example, run as written on a non-UTF-8 file without
-    streams (pd.read_csv raised UnicodeDecodeError on the Kaggle file)."""
+    """The README's predict_streams example as written, on a non-UTF-8 file without streams."""
     import helpers
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")

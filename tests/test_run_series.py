@@ -1,7 +1,4 @@
-"""spotify-run (spotify_streams.commands.run_series) on tiny throwaway notebooks and the
-synthetic sample: output layout, summary, failures, interruptions, refusals (exit 2), --refresh,
---jobs and progress bars. Each executed notebook starts a real Jupyter kernel (about a second).
-"""
+"""spotify-run on tiny notebooks: outputs, failures, refusals, --refresh, --jobs, bars."""
 
 from __future__ import annotations
 
@@ -12,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import nbformat
 import pytest
@@ -23,6 +21,7 @@ from spotify_streams.config import ROOT, SAMPLE_DATA
 PARAMETERS = "DATA_PATH = None\nOUTPUT_DIR = None\nSEED = 42\nQUICK = False"
 COMMAND = [sys.executable, "-m", "spotify_streams.commands.run_series"]
 
+
 def write_notebook(folder: Path, name: str, *sources: str, jobs=False) -> Path:
     """A notebook with the series' parameters cell followed by the given code cells."""
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {
@@ -33,6 +32,7 @@ def write_notebook(folder: Path, name: str, *sources: str, jobs=False) -> Path:
     nbformat.write(nb, path := folder / f"{name}.ipynb")
     return path
 
+
 @pytest.fixture
 def folder(tmp_path):
     """A folder for a test's notebooks, with one that leaves a mark if it runs."""
@@ -40,44 +40,61 @@ def folder(tmp_path):
     write_notebook(path, "01_marker", "open('ran.txt', 'w').write('ran')")
     return path
 
+
 def main(folder, *args, data=SAMPLE_DATA):
     return run_series.main(["--notebooks-dir", str(folder), *(["--data", str(data)] if data else
                                                               []), *map(str, args)])
 
+
 HEADLINE = ("import json, pathlib\nmetrics = pathlib.Path(OUTPUT_DIR) / 'metrics'\n"
             "metrics.mkdir(parents=True, exist_ok=True)\nrow = dict(model='ridge', feature_set="
-            "'platform', r2=0.51, mae=0.3, median_factor=2.0)\n(metrics / '06_results.json')."
-            "write_text(json.dumps({'headline': [row]}))")
+            "'full', r2=0.51, r2_low=0.4, r2_high=0.6, mae=0.3, median_factor=2.0)\n(metrics /"
+            " '06_results.json').write_text(json.dumps({'headline': [row], 'final_model': "
+            "'ridge'}))")
+BAR_CELL = ("import sys, time\nfrom tqdm import tqdm\nfrom spotify_streams.parallel import "
+            "BAR_FORMAT\nprint('a warning from the kernel', file=sys.stderr)\nfor _ in tqdm("
+            "range(30), 'inner work', unit='steps', bar_format=BAR_FORMAT, ncols=100):\n"
+            "    time.sleep(0.02)")
+FINAL_BAR = "inner work: 100%|██████████| 30/30 steps"
 
-def test_success_writes_notebooks_report_status_and_summary(tmp_path, capsys):
-    folder = tmp_path / "nbs"
-    folder.mkdir()
+
+def test_success_writes_notebooks_report_status_summary_and_one_bar_line(tmp_path, capsys):
+    """Off a terminal a bar reaches the console once, its final line, kept in the notebook."""
+    (folder := tmp_path / "nbs").mkdir()
     write_notebook(folder, "01_first", "print('seed is', SEED, 'quick is', QUICK)")
     write_notebook(folder, "02_skipped", "pass")
+    write_notebook(folder, "03_bar", BAR_CELL)
     write_notebook(folder, "06_results", HEADLINE)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     out = tmp_path / "out"
-    assert main(folder, "--output", out, "--seed", 7, "--quick", "--only", "1,6") == 0
-    printed = capsys.readouterr().out
+    assert main(folder, "--output", out, "--seed", 7, "--quick", "--only", "1,3,6") == 0
+    printed, err = capsys.readouterr()
     executed = nbformat.read(out / "notebooks" / "01_first.ipynb", as_version=4)
     assert "seed is 7 quick is True" in json.dumps(executed.cells[-1].outputs)
     html = (out / "report.html").read_text()
     assert "01_first" in html and "06_results" in html and "02_skipped" not in html
-    assert "[1/2] 01_first" in printed and "[2/2] 06_results" in printed
+    assert "[1/3] 01_first" in printed and "[3/3] 06_results" in printed
+    assert printed.count(FINAL_BAR) == 1 and "a warning from the kernel" not in printed + err
+    assert re.findall(r"inner work: .*?(\d+)/30", printed + err) == ["30"]
+    outputs = nbformat.read(out / "notebooks" / "03_bar.ipynb", as_version=4).cells[-1].outputs
+    assert [(o.output_type, o.name, o.text) for o in outputs] == [
+        ("stream", "stderr", f"a warning from the kernel\n{FINAL_BAR}\n")]
     assert "Test set" in printed and "typical error" in printed  # labelled, not raw keys
-    assert re.search(r"^model +platform +typical error \(platform set\)\n"  # aligned
-                     r"ridge +0\.510 +×2\.00\n", printed, re.M), printed
-    assert "Best: ridge on the platform features, test R² 0.510" in printed
+    assert re.search(r"^model +full +typical error \(full set\)\n"  # aligned
+                     r"ridge +0\.510 \[0\.40, 0\.60\] +×2\.00\n", printed, re.M), printed
+    assert "Final model (chosen in cross-validation): ridge on the full features, test R² " \
+        "0.510 [0.40, 0.60]" in printed
     assert (out / "report.html").resolve().as_uri() in printed  # a link a terminal can open
     assert printed.count("SYNTHETIC") == 2 and "kaggle datasets download" in printed
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # inputs untouched
     assert sorted(p.name for p in (out / "notebooks").iterdir()) == [
-        "01_first.ipynb", "06_results.ipynb"]  # no temp or .failed leftovers
+        "01_first.ipynb", "03_bar.ipynb", "06_results.ipynb"]  # no temp or .failed leftovers
     status = json.loads((out / "RUN_STATUS.json").read_text())
-    assert status["status"] == "complete" and status["notebooks_done"] == ["01_first",
-                                                                            "06_results"]
+    assert status["status"] == "complete" and status["notebooks_done"] == [
+        "01_first", "03_bar", "06_results"]
     assert main(folder, "--output", tmp_path / "out2", "--only", "1") == 0
     assert "no headline metrics (06 not run)" in capsys.readouterr().out
+
 
 def test_failing_notebook_exits_1_and_keeps_previous_output(tmp_path, capsys, folder):
     write_notebook(folder, "02_boom", "y = 2", "# fit the model\nraise ValueError('boom 42')")
@@ -96,9 +113,9 @@ def test_failing_notebook_exits_1_and_keeps_previous_output(tmp_path, capsys, fo
     assert status["status"] == "failed" and status["notebooks_done"] == ["01_marker"]
     assert "02_boom failed" in status["meaning"] and "earlier run" in status["meaning"]
 
+
 def test_sigterm_leaves_no_hidden_files_and_marks_the_run(tmp_path):
-    """A run stopped with SIGTERM (a CI timeout, `kill`) keeps the partial notebook as
-    NN.failed.ipynb, leaves no hidden temp file and says the output is incomplete."""
+    """SIGTERM (a CI timeout): the partial notebook kept as NN.failed.ipynb, the run marked."""
     (folder := tmp_path / "nbs").mkdir()
     write_notebook(folder, "01_slow", "import time\nprint('started', flush=True)\ntime.sleep(60)")
     out = tmp_path / "out"
@@ -117,48 +134,36 @@ def test_sigterm_leaves_no_hidden_files_and_marks_the_run(tmp_path):
     assert sorted(p.name for p in (out / "notebooks").iterdir()) == ["01_slow.failed.ipynb"]
     assert json.loads((out / "RUN_STATUS.json").read_text())["status"] == "interrupted"
 
-def test_bad_data_exits_2_on_the_command_line_before_anything_runs(tmp_path, folder):
-    """The real command line: a header-only CSV is refused (DataError: exit 2, one 'error:'
-    line) before any notebook runs, and the file is left byte-identical."""
-    header_only = tmp_path / "header-only.csv"
-    header_only.write_bytes(SAMPLE_DATA.read_bytes().splitlines(keepends=True)[0])
-    before = header_only.read_bytes()
-    result = subprocess.run([*COMMAND, "--notebooks-dir", str(folder), "--data",
-                             str(header_only), "--output", str(tmp_path / "out")], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("error: ") and "no data rows" in result.stderr
-    assert "Traceback" not in result.stderr and header_only.read_bytes() == before
-    assert not (folder / "ran.txt").exists() and not (tmp_path / "out").exists()
-
-def refuse(*args, **kwargs):
-    raise PermissionError(13, "Permission denied")
 
 @pytest.mark.parametrize("args, message", [
-    (["--data", "no.csv"], "data file not found"),
-    (["--data", "."], "is a folder, not a CSV file"),
-    (["--only", "09"], "no notebook numbered 09"),
+    (["--data", "no.csv"], "data file not found"), (["--data", "."], "is a folder, not a CSV file"),
+    (["--data", "header-only.csv"], "no data rows"), (["--only", "09"], "no notebook numbered 09"),
     (["--seed", "-1"], r"error: Bad notebook parameter\(s\): SEED must be a whole number"),
     (["--output", "report.txt"], "--output .*report.txt"),
     (["--output", "report.txt/sub"], "--output .*report.txt"),
     (["--refresh"], "--refresh needs the real data file.*kaggle"),
-    (["--output", "unwritable"], "cannot write to --output .*Permission denied"),
-])
+    (["--output", "unwritable"], "cannot write to --output .*Permission denied")])
 def test_bad_usage_exits_2_with_one_error_line(tmp_path, capsys, folder, monkeypatch, args,
                                                message):
+    """Refused before any notebook runs, the files named left as they were."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "report.txt").write_text("keep me")
+    header = SAMPLE_DATA.read_bytes().splitlines(keepends=True)[0]
+    (tmp_path / "header-only.csv").write_bytes(header)
     monkeypatch.setattr(config, "RAW_DATA", tmp_path / "absent.csv")
     monkeypatch.setattr(run_series, "RAW_DATA", tmp_path / "absent.csv", raising=False)  # bound
     if "cannot write" in message:  # root ignores chmod
-        monkeypatch.setattr(run_series.tempfile, "TemporaryFile", refuse)
+        monkeypatch.setattr(run_series.tempfile, "TemporaryFile",
+                            mock.Mock(side_effect=PermissionError(13, "Permission denied")))
     data = None if args[0] in ("--data", "--refresh") else SAMPLE_DATA
     assert main(folder, *args, data=data) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and re.search(message, err) and "Traceback" not in err, err
     assert "not found" not in err or "folder" not in message
     assert (tmp_path / "report.txt").read_text() == "keep me"
+    assert (tmp_path / "header-only.csv").read_bytes() == header
     assert not (folder / "ran.txt").exists() and not (tmp_path / "out").exists()
+
 
 def test_refresh_executes_in_place_without_parameters_and_hides_raw_rows(tmp_path, capsys,
                                                                          monkeypatch):
@@ -183,9 +188,9 @@ def test_refresh_executes_in_place_without_parameters_and_hides_raw_rows(tmp_pat
     assert "Some Song" not in raw_rows and "left out of the committed notebook" in raw_rows
     assert sorted(p.name for p in folder.iterdir()) == ["01_committed.ipynb"]
 
+
 def test_jobs_reach_only_the_notebooks_that_declare_n_jobs(tmp_path):
-    """--jobs (and --quick's default of one process) is passed as N_JOBS where the parameters
-    cell declares it; papermill would otherwise inject an unknown parameter elsewhere."""
+    """--jobs (--quick: 1) is passed as N_JOBS only where the parameters cell declares it."""
     plain = write_notebook(tmp_path, "01_plain", "x = 1")
     parallel = write_notebook(tmp_path, "04_parallel", "x = 1", jobs=True)
     assert run_series.with_jobs(plain, {"SEED": 42}, 1) == {"SEED": 42}
@@ -193,26 +198,6 @@ def test_jobs_reach_only_the_notebooks_that_declare_n_jobs(tmp_path):
     assert run_series.with_jobs(parallel, {"SEED": 42}, None) == {"SEED": 42}
     assert run_series.with_jobs(parallel, {}, 1) == {}  # --refresh: the committed defaults
 
-BAR_CELL = ("import sys, time\nfrom tqdm import tqdm\nfrom spotify_streams.parallel import "
-            "BAR_FORMAT\nprint('a warning from the kernel', file=sys.stderr)\nfor _ in tqdm("
-            "range(30), 'inner work', unit='steps', bar_format=BAR_FORMAT, ncols=100):\n"
-            "    time.sleep(0.02)")
-FINAL_BAR = "inner work: 100%|██████████| 30/30 steps"
-
-def test_a_cells_bar_reaches_the_console_and_the_notebook_as_one_line(tmp_path, capsys):
-    """Off a terminal the console gets a bar's final line once (no \\r updates); the executed
-    notebook keeps that line only; other kernel stderr stays in the notebook."""
-    (folder := tmp_path / "nbs").mkdir()
-    write_notebook(folder, "01_bar", BAR_CELL)
-    assert main(folder, "--output", tmp_path / "out") == 0
-    printed = capsys.readouterr()
-    assert printed.out.count(FINAL_BAR) == 1
-    assert re.findall(r"inner work: .*?(\d+)/30", printed.out + printed.err) == ["30"]
-    assert "a warning from the kernel" not in printed.out + printed.err
-    outputs = nbformat.read(tmp_path / "out" / "notebooks" / "01_bar.ipynb",
-                            as_version=4).cells[-1].outputs
-    assert [(o.output_type, o.name, o.text) for o in outputs] == [
-        ("stream", "stderr", f"a warning from the kernel\n{FINAL_BAR}\n")]
 
 def test_on_a_terminal_the_bar_updates_one_line_under_the_notebooks(capsys):
     relay = run_series.BarRelay(live=True)

@@ -1,6 +1,4 @@
-"""The series end to end: one quick run on the synthetic sample (conftest.quick_run) and every
-check of its notebooks, console and report.html, also in headless Chromium where one is
-installed (else a visible skip). Only this file uses quick_run, so xdist runs it once."""
+"""Every check of the one quick run (conftest.quick_run): notebooks, console, report.html."""
 
 from __future__ import annotations
 
@@ -11,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -23,6 +22,7 @@ from spotify_streams.config import ROOT, SAMPLE_DATA
 
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
+
 @pytest.fixture(scope="module")
 def report(quick_run):
     """(report.html's text, the parsed page, 06's metrics, its top: before the notebooks)."""
@@ -31,6 +31,7 @@ def report(quick_run):
     results = json.loads((out / "metrics" / "06_results.json").read_text())
     top = BeautifulSoup(text[:text.index('<section class="report-notebook"')], "html.parser")
     return text, BeautifulSoup(text, "html.parser"), results, top
+
 
 def test_the_series_runs_end_to_end_and_says_synthetic_everywhere(quick_run):
     out, proc = quick_run
@@ -42,25 +43,26 @@ def test_the_series_runs_end_to_end_and_says_synthetic_everywhere(quick_run):
     headline = json.loads((out / "metrics" / "06_results.json").read_text())["headline"]
     assert {row["feature_set"] for row in headline} == {"audio", "pre-release", "full"}
     for model in ("final", "pre-release"):
-        assert {p.name for p in (out / "models" / model).iterdir()} == {"model.skops",
-                                                                         "model.json"}
+        assert {p.name for p in (out / "models" / model).iterdir()} == {
+            "model.skops", "conformal.skops", "model.json"}
     assert "SYNTHETIC" in proc.stdout and (out / "report.html").stat().st_size > 100_000
 
-# The long cells' bars and their counts in a quick run: 4 baselines × 3 feature sets, 3
-# feature sets, 2 seeds, 3 feature sets, 2 grid configurations × 3 folds, 2 tree searches × 3
-# feature sets; 2 tuned trees × 3 feature sets + the tuned MLP, 6 models × 3 feature sets + 2
-# on the full set only, 2 other test splits, 6 importance panels.
+
+# Bars of a quick run: 4 baselines × 3 feature sets; 3 sets, 2 seeds, 3 sets; 2 configurations
+# × 3 folds, 2 tree searches × 3 sets; 2 tuned trees × 3 sets + the MLP, 6 models × 3 sets + 2
+# on the full set, 2 other splits, 6 importance panels.
 QUICK_BARS = {"03_baseline": {"cross-validating the baselines": 12},
               "04_mlp": {"cross-validating the MLP": 3, "the same network, other seeds": 2,
                          "early stopping": 3},
               "05_grid": {"grid search": 6, "tuning the tree ensembles": 6},
-              "06_results": {"cross-validating": 7, "fitting on the training set": 20,
-                             "other test splits": 2, "permutation importance": 6}}
+              "06_results": {"cross-validating": 9, "fitting on the training set": 22,
+                             "seeds": 3, "other test splits": 2, "permutation importance": 6,
+                             "random splits of songs": 2}}
 BAR_LINE = re.compile(r"^(.+): +(\d+)%\|[^|]*\| (\d+)/(\d+) .*$", re.M)
 
+
 def test_each_long_cell_keeps_one_final_bar_line(quick_run):
-    """Each bar is one complete line in the executed notebook (the grid's counts every fit),
-    no \\r updates left; the console (not a terminal here) shows each final line once."""
+    """Each bar one final line in the notebook (no \\r) and once on the console."""
     out, proc = quick_run
     for name, expected in QUICK_BARS.items():
         nb = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
@@ -74,12 +76,13 @@ def test_each_long_cell_keeps_one_final_bar_line(quick_run):
             assert len(re.findall(rf"^  {re.escape(desc)}: 100%.* {total}/{total} ", proc.stdout,
                                   re.M)) == 1, desc
 
+
 def test_the_top_holds_answer_table_banner_figures_conclusions_then_contents(quick_run, report):
     out, _ = quick_run
     text, soup, results, top = report
     assert soup.title.string == f"{series_report.REPORT_TITLE} ({SAMPLE_DATA.name})"
     answer = top.find("p", class_="report-answer").get_text()
-    assert series_report.takeaway(results["headline"]) in answer
+    assert series_report.takeaway(results) in answer
     assert f"{results['n_test']} test songs" in answer
     assert "quick (smoke) run" in top.find("p", class_="report-meta").get_text()
     table = top.find("table", class_="report-table").get_text()
@@ -94,31 +97,26 @@ def test_the_top_holds_answer_table_banner_figures_conclusions_then_contents(qui
     assert all(f.img["src"].startswith("data:image/png;base64,") for f in figures)
     assert all(f.figcaption.a["href"].startswith("#") for f in figures)
 
+
 def test_headline_table_is_models_by_feature_sets():
-    """One row a model, one column a feature set (test R² [95 % interval] where the row has
-    one; — where the model did not run), then the typical error on the full set, or on the
-    last set when there is no full set (and it says so)."""
-    columns, rows = series_report.headline_table([
-        {"model": "linear", "feature_set": "audio", "r2": 0.0123, "median_factor": 2.09},
-        {"model": "linear", "feature_set": "full", "r2": 0.7401, "median_factor": 1.44},
-        {"model": "hgb", "feature_set": "full", "r2": 0.8567, "median_factor": 1.28,
-         "r2_low": 0.7912, "r2_high": 0.9049},
-        {"model": "ridge", "feature_set": "pre-release", "r2": 0.5432, "median_factor": 1.61,
-         "r2_low": 0.4011, "r2_high": 0.6522}])
+    """Models by feature sets (R² [interval], — if not run), then the full (or last) set's error."""
+    def table(*rows):  # (model, feature_set, r2, median_factor[, r2_low, r2_high])
+        keys = ("model", "feature_set", "r2", "median_factor", "r2_low", "r2_high")
+        return series_report.headline_table([dict(zip(keys, row)) for row in rows])
+
+    columns, rows = table(("linear", "audio", 0.0123, 2.09), ("linear", "full", 0.7401, 1.44),
+                          ("hgb", "full", 0.8567, 1.28, 0.7912, 0.9049),
+                          ("ridge", "pre-release", 0.5432, 1.61, 0.4011, 0.6522))
     assert columns == ["model", "audio", "full", "pre-release", "typical error (full set)"]
     assert rows == [["linear", "0.012", "0.740", "—", "×1.44"],
                     ["hgb", "—", "0.857 [0.79, 0.90]", "—", "×1.28"],
                     ["ridge", "—", "—", "0.543 [0.40, 0.65]", "—"]]
-    assert series_report.headline_table([
-        {"model": "m", "feature_set": "a", "r2": 0.5, "median_factor": 2.0},
-        {"model": "m", "feature_set": "b", "r2": 0.25, "median_factor": 1.5, "r2_low": 0.1,
-         "r2_high": None}]) == (["model", "a", "b", "typical error (b set)"],
-                                [["m", "0.500", "0.250", "×1.50"]])
+    assert table(("m", "a", 0.5, 2.0), ("m", "b", 0.25, 1.5, 0.1, None)) == (
+        ["model", "a", "b", "typical error (b set)"], [["m", "0.500", "0.250", "×1.50"]])
+
 
 def test_every_notebook_is_a_section_and_every_link_lands_inside(quick_run, report):
-    """Contents list each notebook and its sections; ids are unique, in-page links land,
-    links between notebooks point inside the report; code folded, no prompts, no papermill
-    parameters (absolute paths); consecutive stream outputs merged; nothing from the network."""
+    """Contents, unique ids, links inside, code folded, no prompts, nothing from the network."""
     out, _ = quick_run
     text, soup, _, _ = report
     sections = soup.find_all("section", class_="report-notebook")
@@ -148,9 +146,9 @@ def test_every_notebook_is_a_section_and_every_link_lands_inside(quick_run, repo
                 if remote.match(t.get("src") or t.get("href") or "")]
     assert not re.search(r"""import\(\s*["']https?:|@import\s+(url\()?["']?https?:""", text)
 
+
 def test_a_partial_run_or_unreadable_metrics_still_get_a_report(quick_run, tmp_path):
-    """--only 01,02: no 06, so no test-set results or conclusions, links to 06 unlinked;
-    metrics that cannot be read are said, not fatal."""
+    """Without 06: no results, conclusions or links to it; unreadable metrics are said."""
     out, _ = quick_run
     executed = [out / "notebooks" / f"{name}.ipynb" for name in NOTEBOOKS]
     series_report.build_report(executed[:2], page := tmp_path / "partial.html",
@@ -171,112 +169,67 @@ def test_a_partial_run_or_unreadable_metrics_still_get_a_report(quick_run, tmp_p
     assert soup.find("figure") is None  # no figures folder given
     assert soup.find(id="conclusions") is not None  # 06's prose still is there
 
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 SCREENSHOT = ROOT / "build" / "test-report" / "report.png"
-WINDOW = (1280, 1600)
-# Appended to a copy of the report: once everything has loaded, write what the browser saw
-# into the page, where --dump-dom shows it.
-PROBE = """<script>
-window.addEventListener("load", function () {
-  var images = Array.from(document.images), out = document.createElement("pre");
-  var links = Array.from(document.querySelectorAll('a[href^="#"]'), a => a.getAttribute("href"));
-  out.id = "browser-probe";
+# Once loaded, the page writes what the browser saw into itself, where --dump-dom shows it.
+PROBE = """<script>window.addEventListener("load", () => {
+  const out = document.createElement("pre"), images = Array.from(document.images);
+  out.id = "probe";
   out.textContent = JSON.stringify({images: images.length,
-    broken: images.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src.slice(0, 80)),
-    unlanded: links.filter(h => !document.getElementById(decodeURIComponent(h.slice(1)))),
+    broken: images.filter(i => !i.complete || i.naturalWidth === 0).length,
+    unlanded: Array.from(document.querySelectorAll('a[href^="#"]'), a => a.getAttribute("href"))
+      .filter(h => !document.getElementById(decodeURIComponent(h.slice(1)))),
     font: getComputedStyle(document.querySelector(".report-answer")).fontFamily});
   document.body.appendChild(out);
-});
-</script>"""
+});</script>"""
 
-@pytest.fixture(scope="module")
-def browser():
-    """The path of a Chromium-family browser, or a visible skip saying how to get one."""
-    found = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
-    if found is None:
+
+def headless(tmp_path: Path, *arguments: str) -> str:
+    """A Chromium-family browser's stdout, headless and off the network (a skip without one)."""
+    if (browser := next(filter(None, map(shutil.which, BROWSERS)), None)) is None:
         pytest.skip(f"no {', '.join(BROWSERS)} on PATH, so the report is not checked in a "
                     "browser; install one (Debian: apt-get install chromium; .ci/run does)")
-    return found
-
-def headless(browser: str, tmp_path: Path, *arguments: str) -> str:
-    """Run the browser headless (flags that keep it off the network); its stdout."""
-    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
-    flags = ["--headless", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run",
-             "--hide-scrollbars", f"--user-data-dir={profile}"]
+    flags = ["--headless", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+             "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+             f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}"]
     flags += ["--no-sandbox"] * (os.geteuid() == 0)  # Chromium refuses root with its sandbox
     done = subprocess.run([browser, *flags, *arguments], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
-def check_in_browser(browser: str, page: Path, tmp_path: Path) -> dict:
-    """What the browser saw of `page` (images, broken ones, in-page links that land nowhere,
-    the answer's font); plus links to missing files and PNGs cut short (a browser shows those
-    as far as they go)."""
-    probed = tmp_path / f"probed-{page.name}"
-    probed.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"),
-                      encoding="utf-8")
-    dom = headless(browser, tmp_path, "--virtual-time-budget=10000", "--dump-dom",
-                   probed.as_uri())
-    probe = BeautifulSoup(dom, "html.parser").find(id="browser-probe")
-    assert probe is not None, f"the page did not finish loading: {dom[-500:]}"
-    seen = json.loads(probe.get_text())
-    soup = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
-    files = [urlparse(a["href"]).path for a in soup.find_all("a", href=True)
-             if not urlparse(a["href"]).scheme and a["href"][:1] != "#"]
-    seen["missing_files"] = [f for f in files if not (page.parent / unquote(f)).exists()]
-    seen["truncated"] = [img.get("alt") for img in soup.find_all("img", src=True)
-                         if img["src"].startswith("data:image/png;base64,")
-                         and not png_decodes(img["src"].split(",", 1)[1])]
-    return seen
 
-def png_decodes(data: str) -> bool:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(base64.b64decode(data))) as png:
-            png.load()
-    except (OSError, ValueError):
-        return False
-    return True
-
-def test_the_report_in_a_browser(browser, quick_run, tmp_path):
-    """Every image loads, every in-report link lands, links to files exist, the text is in a
-    sans-serif face; the screenshot (build/test-report/report.png) is not blank."""
+def test_the_report_in_a_browser(quick_run, tmp_path):
+    """Planted faults show exactly, the text is sans-serif, the screenshot is not blank."""
     from PIL import Image, ImageStat
 
-    page = quick_run[0] / "report.html"
-    seen = check_in_browser(browser, page, tmp_path)
-    assert seen["images"] >= 3, seen
-    assert seen["broken"] == seen["truncated"] == seen["unlanded"] == seen["missing_files"] == [], \
-        seen
+    page, planted = quick_run[0] / "report.html", iter(["iVBORw0KGgoAAAA", None])
+    text = re.sub(r'src="data:image/png;base64,([^"]*)"', lambda m: 'src="data:image/png;base64,'
+                  f'{next(planted, m[1]) or m[1][:2000]}"', page.read_text(encoding="utf-8"))
+    text = text.replace("</main>", '<a href="#no-such-section">x</a><a href="no-such-file.html">'
+                        'y</a></main>')
+    (probed := tmp_path / "probed.html").write_text(text.replace("</body>", PROBE + "</body>"),
+                                                    encoding="utf-8")
+    dom = headless(tmp_path, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
+    assert (probe := BeautifulSoup(dom, "html.parser").find(id="probe")) is not None, dom[-500:]
+    seen, soup, truncated = json.loads(probe.get_text()), BeautifulSoup(text, "html.parser"), 0
+    for img in soup.find_all("img", src=re.compile("^data:image/png;base64,")):
+        try:
+            Image.open(io.BytesIO(base64.b64decode(img["src"].split(",", 1)[1]))).load()
+        except (OSError, ValueError):
+            truncated += 1  # a browser shows the part of a PNG cut short
+    assert seen["images"] >= 3 and seen["broken"] == 1 and truncated == 2, (seen, truncated)
+    assert seen["unlanded"] == ["#no-such-section"], seen
+    assert [f for a in soup.find_all("a", href=True) if not urlparse(a["href"]).scheme and
+            a["href"][:1] != "#" and not (page.parent / unquote(f := urlparse(a["href"]).path))
+            .exists()] == ["no-such-file.html"]
     assert "sans-serif" in seen["font"] and "serif" not in seen["font"].split(",")[0], seen
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)
-    headless(browser, tmp_path, f"--screenshot={SCREENSHOT}",
-             "--window-size={},{}".format(*WINDOW), page.as_uri())
+    headless(tmp_path, f"--screenshot={SCREENSHOT}", "--window-size=1280,1600", page.as_uri())
     with Image.open(SCREENSHOT) as shot:
-        assert shot.size == WINDOW
         gray = shot.convert("L")
-        dark = sum(gray.histogram()[:128]) / (WINDOW[0] * WINDOW[1])
-        assert ImageStat.Stat(gray).stddev[0] > 20 and 0.005 < dark < 0.5, "a blank page"
-
-def test_the_browser_check_sees_a_broken_image_and_links_that_land_nowhere(browser, quick_run,
-                                                                           tmp_path):
-    """Planted in a copy of the report: an image that does not decode, one cut short, a link
-    to a missing anchor and one to a missing file are each reported."""
-    planted_images = iter(["iVBORw0KGgoAAAA", None])  # the PNG signature alone; cut short
-
-    def plant(match):
-        data = next(planted_images, match.group(1))
-        return f'src="data:image/png;base64,{data or match.group(1)[:2000]}"'
-
-    text = (quick_run[0] / "report.html").read_text(encoding="utf-8")
-    broken = re.sub(r'src="data:image/png;base64,([^"]*)"', plant, text).replace(
-        "</main>", '<a href="#no-such-section">x</a><a href="no-such-file.html">y</a></main>')
-    (planted := tmp_path / "planted.html").write_text(broken, encoding="utf-8")
-    seen = check_in_browser(browser, planted, tmp_path)
-    assert len(seen["broken"]) == 1 and len(seen["truncated"]) == 2, seen
-    assert seen["unlanded"] == ["#no-such-section"], seen
-    assert seen["missing_files"][-1:] == ["no-such-file.html"], seen  # planted last
+        dark = sum(gray.histogram()[:128]) / (1280 * 1600)
+        assert shot.size == (1280, 1600) and ImageStat.Stat(gray).stddev[0] > 20 and \
+            0.005 < dark < 0.5, "a blank page"

@@ -200,8 +200,8 @@ def execute(notebook: Path, destination: Path, failed_copy: Path, parameters: di
     success, onto failed_copy on failure (then re-raise). destination is untouched on failure.
     Consecutive stream outputs are merged and their \\r updates collapsed (nbconvert's
     CoalesceStreamsPreprocessor): a progress bar keeps its final line only.
-    With refresh, papermill's run metadata (timestamps, durations) is dropped before the
-    replace, so re-executing a committed notebook only changes its outputs."""
+    With refresh, papermill's run metadata (timestamps, durations, empty tag lists) is dropped
+    before the replace, so re-executing a committed notebook only changes its outputs."""
     import nbformat
     import papermill
     from nbconvert.preprocessors import CoalesceStreamsPreprocessor
@@ -229,6 +229,8 @@ def execute(notebook: Path, destination: Path, failed_copy: Path, parameters: di
         for holder in [nb, *nb.cells]:
             holder.metadata.pop("papermill", None)
             holder.metadata.pop("execution", None)
+            if holder.metadata.get("tags") == []:  # papermill adds an empty list to each cell
+                del holder.metadata["tags"]
         for cell in nb.cells:  # rows of the Kaggle file never reach a committed notebook
             if RAW_ROWS_TAG in cell.metadata.get("tags", []):
                 cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=RAW_ROWS_NOTE)]
@@ -265,7 +267,7 @@ def print_summary(run, report: Path, out_notebooks: Path, banner: str) -> None:
         for cells in [columns, *rows]:
             print("  ".join(f"{text:<{widths[0]}}" if i == 0 else f"{text:>{widths[i]}}"
                             for i, text in enumerate(cells)))
-        print("\n" + takeaway(headline))
+        print("\n" + takeaway(json.loads(results.read_text())))
     if banner:
         print("\n" + boxed(banner))
 

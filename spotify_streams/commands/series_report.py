@@ -67,20 +67,21 @@ def headline_table(headline: list[dict]) -> tuple[list[str], list[list[str]]]:
     return ["model", *sets, f"typical error ({last} set)"], rows
 
 
-def takeaway(headline: list) -> str:
-    """One sentence from the headline rows: the best model overall and per feature set."""
-    best = max(headline, key=lambda row: row.get("r2", float("-inf")))
-    text = (f"Best: {best['model']} on the {best['feature_set']} features, test R² "
-            f"{best['r2']:.3f}; half of its songs are within a factor of "
-            f"{best['median_factor']:.2f} of their real stream count.")
-    others = {}
-    for row in headline:
-        if row["feature_set"] != best["feature_set"]:
-            others[row["feature_set"]] = max(others.get(row["feature_set"], -1e9), row["r2"])
-    if others:
-        text += " On the other feature sets the best test R² is " + " and ".join(
-            f"{r2:.3f} ({fs})" for fs, r2 in others.items()) + "."
-    return text
+def takeaway(results: dict) -> str:
+    """One sentence from 06's metrics: the final model and the forecaster as notebook 06 chose
+    them (the simplest within the noise of the best in cross-validation, never by test score),
+    with their test R² and typical error."""
+    rows = {(row["model"], row["feature_set"]): row for row in results.get("headline", [])}
+    parts = []
+    for key, fs, role in [("final_model", "full", "Final model"),
+                          ("forecaster", "pre-release", "pre-release forecaster")]:
+        row = rows.get((results.get(key), fs))
+        if row is not None:
+            parts.append(f"{role} (chosen in cross-validation): {row['model']} on the {fs} "
+                         f"features, test R² {row['r2']:.3f} [{row['r2_low']:.2f}, "
+                         f"{row['r2_high']:.2f}]; half of its songs are within a factor of "
+                         f"{row['median_factor']:.2f} of their real stream count")
+    return ". The ".join(parts) + "." if parts else ""
 
 
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
@@ -294,7 +295,7 @@ def build_report(executed: list[Path], destination: Path, *, metrics_dir=None,
         columns, rows = headline_table(results["headline"])
         report["table"] = {"caption": TABLE_CAPTION, "columns": columns, "rows": rows,
                            "none": NONE}
-        report["takeaway"] = takeaway(results["headline"])
+        report["takeaway"] = takeaway(results)
     last = chapters.get(RESULTS_NOTEBOOK)
     if last is not None and last.conclusion:
         anchor, text, markdown = last.conclusion

@@ -45,43 +45,126 @@ def results_block(results: dict) -> str:
 
 def quality_bar(results: dict) -> str:
     """The quality-bar sentence and the final model, from 06's paired comparisons (full set;
-    the corrected resampled t-test, Holm-corrected over the notebook's family)."""
+    the corrected resampled t-test with Bonferroni's simultaneous intervals over the notebook's
+    family, so a verdict and its interval always agree)."""
     paired = {r["comparison"]: r for r in results["paired"] if r["feature_set"] == "full"}
 
     def judged(name):
         row = paired[name]
         d = row["difference"]
         verdict = ("beats" if d > 0 else "falls short of") if row["verdict"] == "real" else \
-            "is not shown to differ from"
+            "is not told apart from"
+        detectable = f"; detectable: {row['detectable']:.3f}" if "detectable" in row else ""
         return (f"{verdict} {name.split(' − ')[1]} ({d:+.3f} R² [{row['ci_low']:+.3f}, "
-                f"{row['ci_high']:+.3f}], p = {row['p_value']:.3f})")
+                f"{row['ci_high']:+.3f}]{detectable})")
 
     final = results.get("final_model")
-    return ("Quality bar (full set; paired differences over the 15 CV folds with their 95 % "
-            "t intervals, Holm-corrected): the tuned MLP " + judged("tuned MLP − linear")
+    return ("Quality bar (full set; paired differences over the CV folds tuning did not see, with "
+            "simultaneous intervals over notebook 06's family): the tuned MLP "
+            + judged("tuned MLP − linear")
             + " and " + judged("tuned MLP − hgb tuned") + "; the ensemble "
             + judged("ensemble − hgb tuned") + "."
-            + (f" The final model, chosen by the best CV score: {final}; the pre-release "
-               f"forecaster: {results['forecaster']}." if final else ""))
+            + (f" The final model, the simplest within the noise of the best on the folds "
+               f"tuning did not see: {final}; the pre-release forecaster: "
+               f"{results['forecaster']}." if final else ""))
+
+
+MODEL_ROLES = {"final": ("final_model", "full", "the final model"),
+               "pre-release": ("forecaster", "pre-release", "the forecaster")}
+
+
+def role_names(results: dict) -> dict:
+    """'final' / 'pre-release' (the models' folders and inputs=) -> a readable name."""
+    return {role: f"{label} ({results.get(key)}, {fs} set)"
+            for role, (key, fs, label) in MODEL_ROLES.items()}
+
+
+def markdown_table(rows: list[dict], names: dict) -> list[str]:
+    """A list of records (a metrics table) as markdown, whatever its columns: the model column
+    by name, coverage as a percentage, a width as a factor, other numbers as they are."""
+    def cell(column, value):
+        if column == "model":
+            return names.get(value, str(value))
+        if isinstance(value, float) and "coverage" in column:
+            return f"{value:.0%}"
+        if isinstance(value, float) and "width" in column:
+            return f"×{value:.1f}"
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    columns = list(rows[0])
+    numeric = [isinstance(rows[0][c], int | float) and c != "model" for c in columns]
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("--:" if n else "---" for n in numeric) + "|"]
+    return lines + ["| " + " | ".join(cell(c, r.get(c, "")) for c in columns) + " |"
+                    for r in rows]
+
+
+def monotone_sentence(results: dict) -> str:
+    """Whether the forecaster is monotone in song age, as notebook 06 decided ('' if it did not
+    say)."""
+    if "forecaster_monotone" not in results:
+        return ""
+    return ("The forecaster is constrained to be monotone in song age (a modelling choice; the "
+            "data cannot show how a song's streams grow): it never predicts fewer streams for "
+            "an older song." if results["forecaster_monotone"] else
+            "The forecaster is not constrained in song age (notebook 06's choice rule kept the "
+            "unconstrained model): it can predict fewer streams for an older song.")
 
 
 def forecast_block(results: dict) -> str:
     """The measured coverage and median width of the saved models' prediction intervals."""
     if not results.get("coverage"):
         return "The prediction intervals have not been measured yet (notebook 06)."
-    names = {"final": f"final model ({results.get('final_model')}, full set)",
-             "pre-release": f"forecaster ({results.get('forecaster')}, pre-release)"}
-    lines = ["| model | interval | share of test songs inside | median width (upper ÷ lower) |",
-             "|---|--:|--:|--:|"]
-    lines += [f"| {names.get(r['model'], r['model'])} | {r['interval']} | "
-              f"{r['coverage on the test set']:.0%} | ×{r['median width (upper ÷ lower)']:.1f} |"
-              for r in results["coverage"]]
+    lines = markdown_table(results["coverage"], role_names(results))
     headline = {(r["model"], r["feature_set"]): r for r in results["headline"]}
     forecaster = headline.get((results.get("forecaster"), "pre-release"))
     if forecaster:
         lines += ["", f"The forecaster's test R² is {forecaster['r2']:.3f} "
                   f"[{forecaster['r2_low']:.2f}, {forecaster['r2_high']:.2f}]; its typical "
-                  f"error ×{forecaster['median_factor']:.2f}."]
+                  f"error ×{forecaster['median_factor']:.2f}. " + monotone_sentence(results)]
+        lines[-1] = lines[-1].rstrip()
+    return "\n".join(lines)
+
+
+def model_card_block(results: dict) -> str:
+    """docs/model_card.md's facts: which model is the final model and which the forecaster,
+    their test R² with its interval, CV score and typical error, and their intervals' measured
+    coverage (overall and, when notebook 06 measured it, by age band)."""
+    test = {(r["model"], r["feature_set"]): r for r in results["headline"]}
+    cv = {(r["model"], r["feature_set"]): r for r in results.get("cv", [])}
+    lines = ["| | the final model (`inputs=\"full\"`) | the forecaster "
+             "(`inputs=\"pre-release\"`) |", "|---|---|---|"]
+    chosen = [(results.get(key), fs) for key, fs, _ in MODEL_ROLES.values()]
+
+    def row(label, show):
+        return f"| {label} | " + " | ".join(show(m) for m in chosen) + " |"
+
+    def test_r2(m):
+        r = test.get(m)
+        return f"{r['r2']:.3f} [{r['r2_low']:.2f}, {r['r2_high']:.2f}]" if r else "—"
+
+    def cv_r2(m):
+        r = cv.get(m)
+        return f"{r['r2_mean']:.3f} ± {r['r2_std']:.3f}" if r else "—"
+
+    lines += [row("model", lambda m: f"{m[0]} ({m[1]} feature set)"),
+              row("test R² [95 % interval, resampling artists]", test_r2),
+              row("cross-validated R² (mean ± sd over 15 folds, 5 of them used for tuning)",
+                  cv_r2),
+              row("typical error on the test set",
+                  lambda m: f"×{test[m]['median_factor']:.2f}" if m in test else "—")]
+    lines += ["", f"Test set: the {results['n_test']} held-out songs by "
+              f"{results.get('n_test_artists', 'their')} artists never seen in training; R² on "
+              "log10(streams). Typical error: 10^(median |log10 error|)."]
+    if monotone_sentence(results):
+        lines += ["", monotone_sentence(results)]
+    names = role_names(results)
+    if results.get("coverage"):
+        lines += ["", "Prediction intervals, share of the test songs inside:", "",
+                  *markdown_table(results["coverage"], names)]
+    if results.get("coverage_by_age"):
+        lines += ["", "The same by song age (songs of that age in the test set):", "",
+                  *markdown_table(results["coverage_by_age"], names)]
     return "\n".join(lines)
 
 
@@ -146,6 +229,7 @@ def contract_block(drift: dict) -> str:
 BLOCKS = {
     "results": ("README.md", "metrics/06_results.json", results_block),
     "forecast": ("README.md", "metrics/06_results.json", forecast_block),
+    "model-card": ("docs/model_card.md", "metrics/06_results.json", model_card_block),
     "runtime": ("README.md", "benchmark.json", runtime_block),
     "performance": ("docs/performance.md", "benchmark.json", performance_block),
     "contract": ("docs/reproducibility.md", "drift.json", contract_block),

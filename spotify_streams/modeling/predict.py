@@ -18,30 +18,47 @@ from spotify_streams.schema import DATE_COLUMNS, KEYS, MODES, PLATFORM_COLUMNS, 
 MODEL_FOLDERS = {"full": "final", "pre-release": "pre-release"}  # notebook 06 saves both
 
 
+CONFIDENCE_LEVELS = (0.5, 0.8, 0.9, 0.95)  # the levels of the saved conformal intervals
+
 # skops.io loads only the types it is told to trust, unlike pickle. Beyond its defaults, the
-# series' saved pipelines hold these (tests/test_models.py fails, naming the type, if a
-# library release renames one); a file that holds any other type is not loaded.
+# series' saved pipelines and their conformal regressors (MAPIE's CrossConformalRegressor with
+# GroupKFold) hold these (tests/test_models.py fails, naming the type, if a library release
+# renames one); a file that holds any other type is not loaded.
 SAVED_TYPES = {"spotify_streams.features.exact_log",
                "spotify_streams.modeling.network.KerasMLPRegressor", "numpy.dtype",
                "sklearn.tree._tree.Tree", "sklearn.utils._bunch.Bunch",  # VotingRegressor's
-               "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"}
+               "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+               # conformal.skops: the regressor, its fold models' ensemble, its score, its folds
+               "mapie.regression.regression.CrossConformalRegressor",
+               "mapie.regression.regression._MapieRegressor",
+               "mapie.estimator.regressor.EnsembleRegressor",
+               "mapie.conformity_scores.bounds.absolute.AbsoluteConformityScore",
+               "sklearn.model_selection._split.GroupKFold"}
 
 
-def save_model(pipeline, folder, feature_set: str, songs: pd.DataFrame, residuals,
+def save_model(pipeline, folder, feature_set: str, songs: pd.DataFrame, conformal,
                quick=False) -> Path:
-    """Save a fitted pipeline (skops.io) with what predict_streams needs: the feature set, what
-    a blank key meant, the reference date for song age, the cross-validated residuals (log10)
-    for intervals; `quick` marks a smoke-run model, never picked by default."""
+    """Save what predict_streams needs (skops.io, each file replaced whole): the pipeline fitted
+    on all training songs (model.skops: the point prediction), the fitted conformal regressor
+    (conformal.skops: MAPIE's CrossConformalRegressor built with
+    confidence_level=list(CONFIDENCE_LEVELS), whose CV+ intervals predict_streams returns) and
+    model.json (the feature set, what a blank key meant, the reference date for song age, the
+    interval levels); `quick` marks a smoke-run model, never picked by default."""
     import skops.io
 
     folder = Path(folder)
-    with replacing(folder / "model.skops") as partial:
-        skops.io.dump(pipeline, partial)
+    rows = songs[feature_columns(feature_set)].head(1)
+    if np.shape(conformal.predict_interval(rows)[1])[-1] != len(CONFIDENCE_LEVELS):
+        raise ValueError("conformal: a fitted CrossConformalRegressor with "
+                         f"confidence_level={list(CONFIDENCE_LEVELS)} (CONFIDENCE_LEVELS).")
+    for name, fitted in [("model", pipeline), ("conformal", conformal)]:
+        with replacing(folder / f"{name}.skops") as partial:
+            skops.io.dump(fitted, partial)
     steps = getattr(pipeline, "steps", [[type(pipeline).__name__]])  # a Pipeline's last step
     info = {"feature_set": feature_set, "model": steps[-1][0],
             "blank_key": "unknown" if (songs["key"] == "unknown").any() else "C",
             "reference_date": str(songs["release_date"].max().date()), "quick": bool(quick),
-            "residuals": np.sort(np.round(np.asarray(residuals, dtype=float), 6)).tolist()}
+            "confidence_levels": list(CONFIDENCE_LEVELS)}
     with replacing(folder / "model.json") as partial:
         partial.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return folder
@@ -62,18 +79,30 @@ def model_folder(inputs: str, model_dir=None) -> Path:
                     "first (or the series with `make run`), or pass model_dir=.")
 
 
-def load_model(folder):
-    """A saved pipeline, read by skops.io trusting only SAVED_TYPES (UntrustedModelError
-    otherwise)."""
+def load_model(folder, name="model"):
+    """A saved model file, read by skops.io trusting only SAVED_TYPES (UntrustedModelError
+    otherwise): name="model", the pipeline; name="conformal", its conformal regressor."""
     import skops.io
 
-    path = Path(folder) / "model.skops"
+    path = Path(folder) / f"{name}.skops"
+    if not path.is_file():
+        raise MissingStepError(f"{path} does not exist: this model was saved before the series "
+                               "saved conformal intervals. Run notebook 06_results again (or "
+                               "`make run`).")
     found = skops.io.get_untrusted_types(file=path)
     if set(found) - SAVED_TYPES:
         raise UntrustedModelError(f"{path} holds types the series never saves "
                         f"({', '.join(sorted(set(found) - SAVED_TYPES))}), so it is not loaded. "
                         "Use a model made by this series (notebook 06 or `make run`).")
     return skops.io.load(path, trusted=found)
+
+
+def check_interval(interval) -> None:
+    """interval: None or one of CONFIDENCE_LEVELS (ValueError naming them otherwise)."""
+    if interval is not None and (isinstance(interval, bool) or interval not in CONFIDENCE_LEVELS):
+        raise ValueError(f"interval={interval!r}: one of "
+                         f"{', '.join(map(str, CONFIDENCE_LEVELS))}, the levels the saved "
+                         "conformal intervals are calibrated at (CONFIDENCE_LEVELS).")
 
 
 def predict_streams(frame: pd.DataFrame, model_dir=None, inputs="full", age_days=None,
@@ -84,30 +113,37 @@ def predict_streams(frame: pd.DataFrame, model_dir=None, inputs="full", age_days
     - inputs="full": the final model, which needs the playlist and chart counts (known once a
       song is out); "pre-release": the forecaster (audio, key, mode, artist count, release).
     - The prediction is 10^(predicted log10 streams): a median, not a mean (notebook 06).
-    - Song age: the days from the release date to the model's reference date (the newest
-      release in its data; later releases are refused), or age_days=N for every row.
-    - interval=0.8: a DataFrame of predicted, lower and upper (a prediction interval from the
-      model's cross-validated residuals, coverage measured in notebook 06); else a Series.
+    - Song age describes a reference class, not one song's path. Every song in the data is a
+      2023 hit, so the models describe songs of a given age that are in a top list like this
+      one: a 30-day-old song in it is an exceptional hit, a 20-year-old one an evergreen that
+      survived; the data cannot show how one song's streams grow. Each row's age is the days
+      from its release date to the model's reference date (the newest release in its data;
+      later releases are refused), or age_days=N for every row. For example, age_days=365:
+      the typical total of songs that are a year old and in a top list like this one — not
+      the total your song will have after a year.
+    - interval=0.8 (one of CONFIDENCE_LEVELS: 0.5, 0.8, 0.9, 0.95): a DataFrame of predicted,
+      lower and upper, the bounds of MAPIE's cross-conformal (CV+) interval at that level from
+      folds of whole artists (coverage measured in notebook 06); else a Series.
     Rows that clean() would drop or refuse are refused with one DataError naming each row."""
     folder = model_folder(inputs, model_dir)
     if not isinstance(frame, pd.DataFrame) or frame.empty:
         raise DataError("predict_streams needs a non-empty DataFrame with the CSV's columns.")
     if age_days is not None and not (_is_whole(age_days) and age_days >= 0):
         raise ValueError(f"age_days={age_days!r}: a whole number of days, 0 or more.")
-    if interval is not None and not 0 < interval < 1:
-        raise ValueError(f"interval={interval!r}: a coverage between 0 and 1, e.g. 0.8.")
+    check_interval(interval)
     info = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     rows = prepare_rows(frame, info, age_days)[feature_columns(info["feature_set"])]
     log10 = np.asarray(load_model(folder).predict(rows), dtype=float)
     predicted = pd.Series(10 ** log10, index=frame.index, name="predicted")
     if interval is None:
         return predicted
-    res = np.asarray(info["residuals"])  # split-conformal order statistics: each bound misses
-    n, alpha = len(res), 1 - interval  # at most alpha/2 of new songs like the training ones
-    low = res[max(int(np.floor((n + 1) * alpha / 2)) - 1, 0)]
-    high = res[min(int(np.ceil((n + 1) * (1 - alpha / 2))) - 1, n - 1)]
-    return pd.DataFrame({"predicted": predicted, "lower": 10 ** (log10 + low),
-                         "upper": 10 ** (log10 + high)}, index=frame.index)
+    levels = info.get("confidence_levels", [])
+    if interval not in levels:
+        raise MissingStepError(f"{folder} holds no {interval} interval (its levels: "
+                               f"{levels or 'none'}). Run notebook 06_results again.")
+    bounds = load_model(folder, "conformal").predict_interval(rows)[1][:, :, levels.index(interval)]
+    return pd.DataFrame({"predicted": predicted, "lower": 10 ** bounds[:, 0],
+                         "upper": 10 ** bounds[:, 1]}, index=frame.index)
 
 
 def prepare_rows(frame: pd.DataFrame, info: dict, age_days=None) -> pd.DataFrame:
