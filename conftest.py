@@ -26,18 +26,17 @@ def emulate(environ=os.environ, machine: str | None = None, simd: dict | None = 
     machine = (machine or platform.machine()).lower()
     off = "" if machine in contract.X86 else f" ({machine} is not x86)"
     native = off or environ.get("TEST_EMULATE", "").strip().lower() == "native"
+    numpy = [] if native or "NPY_DISABLE_CPU_FEATURES" in environ else contract.numpy_levels(
+        simd or contract.simd_extensions())
     parts = []
-    for name, variable in (("numpy", "NPY_DISABLE_CPU_FEATURES"),
-                           ("oneDNN", "ONEDNN_MAX_CPU_ISA"), ("OpenBLAS", "OPENBLAS_CORETYPE")):
-        levels = [(ONEDNN_DEFAULT, ONEDNN_DEFAULT)] if name == "oneDNN" else [] if (
-            native or variable in environ or name == "OpenBLAS") else contract.numpy_levels(
-            simd or contract.simd_extensions())
+    for name, variable, levels, why in [
+            ("numpy", "NPY_DISABLE_CPU_FEATURES", numpy, "this CPU is at numpy's baseline"),
+            ("oneDNN", "ONEDNN_MAX_CPU_ISA", [(ONEDNN_DEFAULT, ONEDNN_DEFAULT)], ""),
+            ("OpenBLAS", "OPENBLAS_CORETYPE", [], "make drift covers OPENBLAS_CORETYPE")]:
         if variable in environ:
             parts.append(f"{name} as set ({variable}={environ[variable]})")
         elif native or not levels:
-            parts.append(f"{name} native" + (off if native else " (this CPU is at numpy's "
-                         "baseline)" if name == "numpy" else " (make drift covers "
-                         "OPENBLAS_CORETYPE)"))
+            parts.append(f"{name} native{off if native else f' ({why})'}")
         else:
             level, environ[variable] = levels[0]
             parts.append(f"{name} {level} ({variable}={environ[variable]})")
@@ -148,9 +147,8 @@ def report_differences(before: dict, after: dict, exact: bool = False, limit: in
             except ValueError as exc:
                 found = [f"{key}: not valid JSON after the run ({exc})"]
         else:
-            found = [contract.compare_figure(old, new, Path(key).name, the_contract,
-                                             diff_dir=ROOT / "build" / "contract-diffs")]
-        found = [m for m in found if m]
+            found = list(filter(None, [contract.compare_figure(
+                old, new, Path(key).name, the_contract, ROOT / "build" / "contract-diffs")]))
         messages += found[:limit] + ([f"{key}: ... and {len(found) - limit} more"]
                                      if len(found) > limit else [])
     return messages
@@ -174,16 +172,16 @@ def pytest_sessionstart(session):
     fresh = ROOT / "build" / f"nbval-reports-nested-{os.getpid()}" if nested else FRESH_REPORTS
     os.environ[SESSION_MARK] = "1"
     os.environ["SERIES_REPORTS_DIR"] = str(fresh)  # inherited by the workers and the kernels
-    session.config._fresh_reports, session.config._nested = fresh, nested
-    session.config._started = time.time()
     shutil.rmtree(fresh, ignore_errors=True)
     for sub in [sub for sub in CHECKED_FOLDERS if (REPORTS / sub).is_dir()]:
         shutil.copytree(REPORTS / sub, fresh / sub)
-    session.config._reports_before = _report_files()
-    note, reporter = rebuild_cleaned_data(), session.config.pluginmanager.get_plugin(
-        "terminalreporter")
-    if note and reporter is not None:
+    session.config._reports_check = (fresh, nested, time.time(), _report_files())
+    if (note := rebuild_cleaned_data()) and (reporter := terminal(session)) is not None:
         reporter.write_line(note)
+
+
+def terminal(session):
+    return session.config.pluginmanager.get_plugin("terminalreporter")
 
 
 NOTEBOOKS_RUN = set()  # the committed notebooks that passed (as the main process hears)
@@ -212,13 +210,11 @@ def unwritten_reports(fresh: Path, notebooks_run: set, started: float) -> list[s
 
 
 def pytest_sessionfinish(session, exitstatus):
-    before = getattr(session.config, "_reports_before", None)
-    if before is None:
+    if (state := getattr(session.config, "_reports_check", None)) is None:
         return
-    fresh = session.config._fresh_reports
-    after = _report_files(fresh)
-    problems = unwritten_reports(fresh, NOTEBOOKS_RUN, session.config._started)
-    if session.config._nested:
+    fresh, nested, started, before = state
+    after, problems = _report_files(fresh), unwritten_reports(fresh, NOTEBOOKS_RUN, started)
+    if nested:
         shutil.rmtree(fresh, ignore_errors=True)
     if after == before and not problems:
         return
@@ -226,8 +222,7 @@ def pytest_sessionfinish(session, exitstatus):
         os.environ.get("REPORTS_EXACT", "") not in ("", "0")
     messages = problems + report_differences(before, after, exact)
     changed = [key for key in before.keys() | after.keys() if before.get(key) != after.get(key)]
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    write = reporter.write_line if reporter is not None else print
+    write = reporter.write_line if (reporter := terminal(session)) is not None else print
     write(f"reports/: {len(changed)} file(s) came out different"
           f"{' within the contract' if not messages else ''} (this run's versions: {fresh}; "
           "reports/ itself is never written by the tests)")

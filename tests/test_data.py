@@ -288,25 +288,22 @@ def test_check_data_refuses_too_few_songs_and_passes_a_negative_count(tmp_path, 
     assert np.isfinite(make_preprocessor("full").fit_transform(songs)).all()
 
 
-@pytest.mark.parametrize("name, value, message", [
-    ("QUICK", "yes", "QUICK must be True or False, not 'yes' \\(str\\)"),
-    ("QUICK", 1, "QUICK must be True or False"),
-    ("SEED", "42", "SEED must be a whole number"), ("SEED", -1, "SEED must be a whole number fr"),
-    ("SEED", 1.5, "SEED must be a whole number"), ("SEED", True, "SEED must be a whole number"),
-    ("N_JOBS", 0, "N_JOBS must be a positive whole number"),
-    ("N_JOBS", "2", "N_JOBS must be a positive whole number"),
-    ("DATA_PATH", 5, "DATA_PATH must be None or a file path"),
-    ("OUTPUT_DIR", "", "OUTPUT_DIR must be None or a folder path"),
-    ("DASK_SCHEDULER", 8786, "DASK_SCHEDULER must be None or a scheduler address")])
+@pytest.mark.parametrize("name, value, message", [  # message: after "NAME must be "
+    ("QUICK", "yes", "True or False, not 'yes' \\(str\\)"), ("QUICK", 1, "True or False"),
+    ("SEED", "42", "a whole number"), ("SEED", -1, "a whole number fr"),
+    ("SEED", 1.5, "a whole number"), ("SEED", True, "a whole number"),
+    ("N_JOBS", 0, "a positive whole number"), ("N_JOBS", "2", "a positive whole number"),
+    ("DATA_PATH", 5, "None or a file path"), ("OUTPUT_DIR", "", "None or a folder path"),
+    ("DASK_SCHEDULER", 8786, "None or a scheduler address")])
 def test_a_bad_notebook_parameter_is_a_parameter_error_not_a_data_error(name, value, message):
-    with pytest.raises(ParameterError, match=f"Bad notebook parameter.*{message}") as error:
+    match = f"Bad notebook parameter.*{name} must be {message}"
+    with pytest.raises(ParameterError, match=match) as error:
         config.check_parameters(**{name: value})
     assert not isinstance(error.value, DataError) and issubclass(DataError, ValueError)
 
 
 def test_good_notebook_parameters_pass():
-    config.check_parameters(DATA_PATH=None, OUTPUT_DIR=None, SEED=42, QUICK=False, N_JOBS=2,
-                            DASK_SCHEDULER=None)
+    """The defaults (None, 42, False, 2): test_every_notebook_checks_all_its_parameters[05_grid]."""
     config.check_parameters(DATA_PATH=SAMPLE_DATA, OUTPUT_DIR="build/x", SEED=np.int64(7),
                             QUICK=True, N_JOBS=1, DASK_SCHEDULER="tcp://10.0.0.5:8786")
     with pytest.raises(TypeError, match="unknown parameter.*SPEED"):

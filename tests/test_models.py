@@ -232,8 +232,7 @@ def test_saved_models_hold_only_the_types_the_series_trusts(songs, tmp_path, kin
     folder = save_model(model, tmp_path, "full", songs, bounds)
     for name in ["model", "conformal"]:
         found = set(skops.io.get_untrusted_types(file=folder / f"{name}.skops"))
-        assert found <= predict.SAVED_TYPES, f"{name}: types to review: " \
-                                             f"{found - predict.SAVED_TYPES}"
+        assert found <= predict.SAVED_TYPES, (name, "types to review:", found - predict.SAVED_TYPES)
     np.testing.assert_array_equal(load_model(folder).predict(X[:5]), model.predict(X[:5]))
     np.testing.assert_array_equal(load_model(folder, "conformal").predict_interval(X[:5])[1],
                                   bounds.predict_interval(X[:5])[1])
