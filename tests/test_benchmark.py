@@ -11,14 +11,15 @@ import pytest
 from spotify_streams.commands import benchmark as bench
 from spotify_streams.commands import update_readme
 from spotify_streams.evaluation import split_train_test
-from spotify_streams.features import feature_columns, make_preprocessor
 
 FIGURES = {"naive_fit_s": 12.0, "fast_fit_s": 3.0, "fast_fit_cold_s": 5.12345,
-           "naive_grid_s": 1920.0, "grid_s": 48.0, "grid_cold_s": 60.0, "grid_per_fit_s": 0.3,
-           "series_s": 300.0, "peak_memory_mb": 1000.0, "quick_solo_s": 100.0,
+           "naive_grid_s": 1920.0, "grid_floor_s": 40.0, "grid_floor_one_s": 32.0,
+           "grid_s": 48.0, "grid_busy_s": 45.0, "grid_cold_s": 60.0, "grid_per_fit_s": 0.3,
+           "series_s": 320.0, "peak_memory_mb": 1000.0, "quick_solo_s": 100.0,
            "contention_two_runs": 1.9, "contention_busy_loop": 2.6}
-MEASUREMENTS = {"measure_fits": ["naive_fit_s", "fast_fit_s", "fast_fit_cold_s", "naive_grid_s"],
-                "measure_grid": ["grid_s", "grid_cold_s", "grid_per_fit_s"],
+MEASUREMENTS = {"measure_fits": ["naive_fit_s", "fast_fit_s", "fast_fit_cold_s", "naive_grid_s",
+                                 "grid_floor_s", "grid_floor_one_s"],
+                "measure_grid": ["grid_s", "grid_busy_s", "grid_cold_s", "grid_per_fit_s"],
                 "measure_series": ["series_s", "peak_memory_mb"],
                 "measure_contention": ["quick_solo_s", "contention_two_runs",
                                        "contention_busy_loop"]}
@@ -38,23 +39,26 @@ def ran(monkeypatch):
 
 
 def test_the_report_its_goals_and_the_table(ran, tmp_path, capsys):
-    """Speed-ups 12/3 = 4 and 1920/48 = 40; each figure against its goal."""
+    """Speed-ups 12/3 = 4 and 1920/48 = 40, the grid 48/40 = 1.2 and 48/32 = 1.5 times its
+    floors; each figure against its goal."""
     assert bench.main(["--output", str(out := tmp_path / "sub" / "bench.json")]) == 0
     report = json.loads(out.read_text())
     assert set(report) == {"machine", "date", "data", "load_average", "figures", "goals",
-                           "scaling_quick_series_s"}
+                           "step_ms_by_cell", "scaling_quick_series_s"}
     assert list(report["figures"]) == bench.FIGURES and report["data"].startswith("stub.csv")
-    assert report["goals"] == {"grid_s": 60, "series_s": 240, "peak_memory_mb": 2048,
+    assert report["goals"] == {"grid_over_floor": 1.25, "series_s": 300, "peak_memory_mb": 1536,
                                "speedup_single": 10, "speedup_grid": 25,
                                "contention_two_runs": 2.5, "contention_busy_loop": 2.5}
     assert report["scaling_quick_series_s"] == {"1000": 10.0, "5000": 50.0, "20000": 200.0}
-    assert (report["figures"]["speedup_single"], report["figures"]["speedup_grid"]) == (4.0, 40.0)
+    assert [report["figures"][k] for k in ["speedup_single", "speedup_grid", "grid_over_floor",
+                                           "grid_over_floor_one"]] == [4.0, 40.0, 1.2, 1.5]
     assert report["figures"]["fast_fit_cold_s"] == 5.123  # rounded to 3 decimals
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", report["date"]) and len(report["load_average"]) == 2
     assert ran == ["measure_fits", "measure_grid", "measure_series", "measure_scaling",
                    "measure_contention"]
     table = capsys.readouterr().out
-    for line in [r"series_s\s+300.0\s+<= 240\s+goal missed", r"grid_s\s+48.0\s+<= 60\s+ok",
+    for line in [r"series_s\s+320.0\s+<= 300\s+goal missed",
+                 r"grid_over_floor\s+1.2\s+<= 1.25\s+ok",
                  r"speedup_single\s+4.0\s+>= 10\s+goal missed", r"speedup_grid\s+40.0\s+>= 25\s+ok",
                  r"contention_two_runs\s+1.9\s+<= 2.5\s+ok",
                  r"contention_busy_loop\s+2.6\s+<= 2.5\s+goal missed"]:
@@ -71,14 +75,16 @@ def test_the_report_its_goals_and_the_table(ran, tmp_path, capsys):
 def test_the_report_feeds_the_readme_generator():
     report = bench.build_report(FIGURES, "stub.csv", [0.5, 0.7], "2-core X", "2024-01-01")
     block = update_readme.performance_block(report)
-    assert "2-core X (2024-01-01)" in block and "| 300 s | ≤ 240 s |" in block
+    assert "2-core X (2024-01-01)" in block and "| 320 s | ≤ 300 s |" in block
     assert "| × 1.90 | ≤ × 2.5 |" in block and "| × 2.60 | ≤ × 2.5 |" in block
+    assert "| × 1.20 | ≤ × 1.25 |" in block and "| × 1.50 |  |" in block
     old = update_readme.performance_block({**report, "figures": {"grid_s": 20}})
-    assert "| 20 s | ≤ 60 s |" in old and "| not measured | ≤ 240 s |" in old
+    assert "| 20 s |  |" in old and "| not measured | ≤ 300 s |" in old
 
 
-def test_the_measurements_run_on_the_project_api(songs, monkeypatch):
-    """measure_fits and measure_step on the package, 1-epoch fits (once broke `make bench`)."""
+def test_the_measurements_run_on_the_project_api(songs, monkeypatch, tmp_path):
+    """measure_fits and steps_child on the package, 1-epoch fits and 20-step timings (these
+    once broke `make bench`); the grid's floor from known fold sizes and step costs."""
     train, _ = split_train_test(songs)
     seen, make_mlp = [], bench.make_mlp
 
@@ -87,12 +93,18 @@ def test_the_measurements_run_on_the_project_api(songs, monkeypatch):
         seen.append(epochs)
 
     monkeypatch.setattr(bench, "naive_fit", naive_fit)
-    monkeypatch.setattr(bench, "make_mlp", lambda fs: make_mlp(fs, epochs=1))
-    monkeypatch.setattr(bench, "measure_step", lambda *_: {"step_ms": 0.5})
+    monkeypatch.setattr(bench, "make_mlp", lambda fs, epochs=100: make_mlp(fs, epochs=1))
+    monkeypatch.setattr(bench, "measure_steps", lambda *_: {"step_ms": 0.5})
     figures = bench.measure_fits(train)
     assert seen == [100] * (bench.REPEATS + 1) + [20, 20]
     assert figures["fast_fit_s"] > 0 and figures["naive_grid_s"] > 0 and figures["step_ms"] == 0.5
-    monkeypatch.undo()
-    X = make_preprocessor("full").fit_transform(train[feature_columns("full")])
-    step = bench.measure_step(X.astype(np.float32), np.zeros(len(X), np.float32), train)
-    assert step["step_ms"] > 0 and step["grid_steps"] > 10_000
+    assert figures["fit_setup_ms"] > 0
+    monkeypatch.setattr(bench, "load_train", lambda: (train, "songs"))
+    monkeypatch.setattr(bench, "STEPS", 20)
+    bench.steps_child(str(tmp_path / "steps.json"))
+    steps = json.loads((tmp_path / "steps.json").read_text())
+    assert list(steps) == ["64x16", "64x32", "128x16", "128x32"] and min(steps.values()) > 0
+    # two folds of 100 rows: (50 + 100 epochs) x 7 batches of 16 or 4 of 32, x 2 rates x 2
+    # dropouts, per width: 2 x (8,400 + 4,800) steps; at 1 ms a step, / 1,000 / 2 processes
+    floor = bench.grid_floor([100, 100], dict.fromkeys(steps, 1.0), dict.fromkeys(steps, 2.0))
+    assert floor == {"grid_steps": 26_400.0, "grid_floor_one_s": 13.2, "grid_floor_s": 26.4}

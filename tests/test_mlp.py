@@ -15,6 +15,7 @@ from sklearn.utils.estimator_checks import check_estimator
 
 from spotify_streams.evaluation import artist_key, cv_splits
 from spotify_streams.features import feature_columns, log_streams, make_preprocessor
+from spotify_streams.modeling import network
 from spotify_streams.modeling.baselines import make_baseline
 from spotify_streams.modeling.network import KerasMLPRegressor, build_mlp, make_mlp
 from spotify_streams.modeling.selection import grid_param
@@ -80,6 +81,14 @@ def test_the_trainer_cache_gives_a_fresh_models_result(data):
     np.testing.assert_array_equal(*fresh)
     other = make_mlp("full", seed=FRESH_SEED + 1, **SHORT).fit(X, y).predict(X.iloc[:20])
     assert not np.array_equal(here, other)
+
+
+def test_batches_laid_out_in_memory_or_gathered_give_the_same_fit(data, monkeypatch):
+    X, y = data
+    laid_out = make_mlp("full", seed=3, **SHORT).fit(X, y).predict(X.iloc[:20])
+    monkeypatch.setattr(network, "MATERIALIZE_BYTES", 0)  # gathered batch by batch
+    np.testing.assert_array_equal(
+        laid_out, make_mlp("full", seed=3, **SHORT).fit(X, y).predict(X.iloc[:20]))
 
 
 def search(songs, estimator, grid, n_jobs):

@@ -10,10 +10,12 @@ any process of the series run (the notebook kernels included): os.wait4 on the d
 its rusage including every descendant it waited for, and jupyter_client waits for its kernels.
 The naive grid is an estimate, not a run: the original report's way (plain model.fit, one
 configuration after another) timed per epoch at each batch size, summed over the 160 fits.
-The grid's floor is what Keras's own training step alone costs it: the grid's training steps
-(epochs × batches per epoch, over its 160 fits) × the cost of one step on a warmed model
-(step_ms) ÷ the 2 processes; grid_s / grid_floor_s says how much per-fit set-up, worker
-start-up and the machine's load add to it.
+The grid's floor is what Keras's own training step alone costs it: for each of its 160 fits,
+its training steps (epochs × batches per epoch) × the cost of one step of that width and batch
+size on a warmed model, summed and ÷ the 2 processes. The step costs are measured twice, in a
+fresh process alone and in two fresh processes at once (as the grid runs them); grid_floor_s is
+the second, grid_floor_one_s the first, and grid_s / grid_floor_s says what per-fit set-up,
+worker start-up and the machine's load add to Keras's own steps.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -44,14 +47,16 @@ DEFAULT_OUTPUT = REPORTS_DIR / "benchmark.json"
 # The commands run as modules of the installed package (the same as the spotify-* entry points)
 RUN_SERIES = [sys.executable, "-m", "spotify_streams.commands.run_series"]
 SYNTHETIC_SAMPLE = [sys.executable, "-m", "spotify_streams.commands.synthetic_sample"]
-GOALS = {"grid_s": 60, "series_s": 240, "peak_memory_mb": 2048, "speedup_single": 10,
+GOALS = {"grid_over_floor": 1.25, "series_s": 300, "peak_memory_mb": 1536, "speedup_single": 10,
          "speedup_grid": 25, "contention_two_runs": 2.5, "contention_busy_loop": 2.5}
-FIGURES = ["naive_fit_s", "fast_fit_s", "fast_fit_cold_s", "naive_grid_s", "grid_s",
-           "grid_cold_s", "grid_per_fit_s", "step_ms", "grid_steps", "grid_floor_s",
-           "grid_over_floor", "speedup_single", "speedup_grid", "series_s",
+FIGURES = ["naive_fit_s", "fast_fit_s", "fast_fit_cold_s", "fit_setup_ms", "naive_grid_s",
+           "grid_s", "grid_cold_s", "grid_per_fit_s", "grid_busy_s", "step_ms", "step_ms_two",
+           "grid_steps", "grid_floor_one_s", "grid_floor_s", "grid_over_floor",
+           "grid_over_floor_one", "speedup_single", "speedup_grid", "series_s",
            "peak_memory_mb", "quick_solo_s", "contention_two_runs", "contention_busy_loop"]
 HIGHER_IS_BETTER = {"speedup_single", "speedup_grid"}
 REPEATS = 2  # timed fits after one warm-up; the median is reported
+STEPS = 1800  # training steps per timed fit of Keras's own step
 GRID_FITS = 32 * 5
 
 
@@ -99,44 +104,84 @@ def measure_fits(train) -> dict:
     naive = [timed(lambda: naive_fit(X, y_std)) for _ in range(REPEATS + 1)][1:]
     per_epoch = {bs: timed(lambda b=bs: naive_fit(X, y_std, 20, b)) / 20 for bs in (16, 32)}
 
-    def fast():
-        make_mlp("full").fit(X_df, y)
+    def fast(epochs=100):
+        make_mlp("full", epochs=epochs).fit(X_df, y)
 
-    progress(f"project fit (make_mlp pipeline): 1 cold + {REPEATS} timed")
+    progress(f"project fit (make_mlp pipeline): 1 cold + {REPEATS} timed; 1-epoch fits")
     cold = timed(fast)
     warm = [timed(fast) for _ in range(REPEATS)]
+    one_epoch = statistics.median(timed(lambda: fast(1)) for _ in range(5))
     grid = ORIGINAL_GRID
     n_configs = np.prod([len(v) for v in grid.values()]) // (len(grid["epochs"])
                                                              * len(grid["batch_size"]))
     naive_grid = 5 * n_configs * sum(e * per_epoch[b] for e in grid["epochs"]
                                      for b in grid["batch_size"])
+    steps = measure_steps(train)
+    # per-fit set-up: a warm 1-epoch fit beyond its training steps (one process)
+    setup = one_epoch - -(-len(X) // 32) * steps["step_ms"] / 1000
     return {"naive_fit_s": statistics.median(naive), "fast_fit_s": statistics.median(warm),
             "fast_fit_cold_s": cold, "naive_grid_s": float(naive_grid),
-            **measure_step(X, y_std, train)}
+            "fit_setup_ms": 1000 * setup, **steps}
 
 
-def measure_step(X, y, train) -> dict:
-    """Keras's own training step on a warmed model (compiled as the project compiles it, its
-    step traced by a first fit): milliseconds per step, timed over 1,800 steps of batch 32;
-    and the grid's training steps, epochs × batches per epoch over its 160 fits."""
-    import math
+CELLS = [(n, b) for n in ORIGINAL_GRID["neurons"] for b in ORIGINAL_GRID["batch_size"]]
 
+
+def steps_child(result_path: str) -> None:
+    """In a fresh process: Keras's own training step, milliseconds per step, for each width and
+    batch size of the grid: a model compiled as the project compiles it, its step traced by a
+    first fit, then the median of REPEATS fits of STEPS steps on the training rows."""
+    import numpy as np
     import tensorflow as tf
 
-    model = build_mlp(X.shape[1], steps_per_execution=STEPS_PER_EXECUTION)
+    train, _ = load_train()
+    X = make_preprocessor("full").fit_transform(train[feature_columns("full")])
+    X, y = X.astype(np.float32), np.zeros((len(X), 1), np.float32)
+    result = {}
+    for neurons, batch_size in CELLS:
+        model = build_mlp(X.shape[1], neurons, steps_per_execution=STEPS_PER_EXECUTION)
 
-    def steps(n):
-        data = tf.data.Dataset.from_tensor_slices((X, y[:, None])).repeat().batch(32).take(n)
-        model.fit(data, epochs=1, verbose=0, shuffle=False)
+        def steps(n, m=model, b=batch_size):
+            data = tf.data.Dataset.from_tensor_slices((X, y)).repeat().batch(b).take(n)
+            m.fit(data, epochs=1, verbose=0, shuffle=False)
 
-    steps(512)  # traces the training step
-    step_ms = statistics.median(timed(lambda: steps(1800)) for _ in range(REPEATS)) / 1.8
-    folds = [len(tr) for tr, _ in cv_splits(train, n_repeats=1)]
+        steps(512)  # traces the training step
+        result[f"{neurons}x{batch_size}"] = 1000 * statistics.median(
+            timed(lambda: steps(STEPS)) for _ in range(REPEATS)) / STEPS
+    Path(result_path).write_text(json.dumps(result))
+
+
+def measure_steps(train) -> dict:
+    """Keras's step cost per width × batch size, in one fresh process alone and in two at once;
+    the grid's training steps and its floor under each (grid_floor)."""
+    progress("Keras's own step: one process alone, then two at once")
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", __spec__.name, "--steps-child"]
+        run_child([*command, f"{tmp}/one.json"])
+        pair = [subprocess.Popen([*command, f"{tmp}/two{i}.json"], cwd=ROOT) for i in (1, 2)]
+        if any([process.wait() != 0 for process in pair]):
+            raise SystemExit("a step-measuring process failed")
+        one = json.loads(Path(f"{tmp}/one.json").read_text())
+        two = [json.loads(Path(f"{tmp}/two{i}.json").read_text()) for i in (1, 2)]
+    two = {cell: statistics.mean(t[cell] for t in two) for cell in one}
+    return {"step_ms": one["64x32"], "step_ms_two": two["64x32"],
+            "step_ms_by_cell": {"one process": one, "two at once": two},
+            **grid_floor([len(tr) for tr, _ in cv_splits(train, n_repeats=1)], one, two)}
+
+
+def grid_floor(folds: list, one: dict, two: dict) -> dict:
+    """The grid's training steps on folds of these training sizes (epochs × batches per epoch,
+    over its 160 fits) and its floor under each step cost (milliseconds per width x batch
+    size): Σ steps × step cost ÷ 2 processes, in seconds."""
     grid = ORIGINAL_GRID
-    n_other = len(grid["learning_rate"]) * len(grid["dropout"]) * len(grid["neurons"])
-    total = n_other * sum(e * math.ceil(n / b) for n in folds for e in grid["epochs"]
-                          for b in grid["batch_size"])
-    return {"step_ms": step_ms, "grid_steps": float(total)}
+    per_cell = {f"{neurons}x{b}": len(grid["learning_rate"]) * len(grid["dropout"]) * sum(
+        e * math.ceil(n / b) for n in folds for e in grid["epochs"]) for neurons, b in CELLS}
+
+    def floor(ms):
+        return sum(per_cell[cell] * ms[cell] for cell in per_cell) / 1000 / 2
+
+    return {"grid_steps": float(sum(per_cell.values())), "grid_floor_one_s": floor(one),
+            "grid_floor_s": floor(two)}
 
 
 def grid_child(result_path: str) -> None:
@@ -150,7 +195,9 @@ def grid_child(result_path: str) -> None:
                           refit=False)
     X, y = train[feature_columns("full")], log_streams(train)
     seconds = timed(lambda: search.fit(X, y))
-    Path(result_path).write_text(json.dumps({"grid_s": seconds}))
+    times = search.cv_results_["mean_fit_time"] + search.cv_results_["mean_score_time"]
+    busy = float(times.sum()) * search.n_splits_ / 2  # the fits and scoring, per process
+    Path(result_path).write_text(json.dumps({"grid_s": seconds, "grid_busy_s": busy}))
 
 
 def run_child(command: list) -> tuple[float, float]:
@@ -171,8 +218,9 @@ def measure_grid() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "grid.json"
         cold, _ = run_child([sys.executable, "-m", __spec__.name, "--grid-child", str(result)])
-        grid = json.loads(result.read_text())["grid_s"]
-    return {"grid_s": grid, "grid_cold_s": cold, "grid_per_fit_s": grid / GRID_FITS}
+        found = json.loads(result.read_text())
+    return {"grid_s": found["grid_s"], "grid_busy_s": found["grid_busy_s"], "grid_cold_s": cold,
+            "grid_per_fit_s": found["grid_s"] / GRID_FITS}
 
 
 def measure_series() -> dict:
@@ -259,15 +307,16 @@ def build_report(figures: dict, data: str, loads: list, machine_text: str, date:
         figures["speedup_single"] = figures["naive_fit_s"] / figures["fast_fit_s"]
     if figures.get("grid_s") and figures.get("naive_grid_s"):
         figures["speedup_grid"] = figures["naive_grid_s"] / figures["grid_s"]
-    if figures.get("step_ms") and figures.get("grid_steps"):  # 2 processes share the grid
-        figures["grid_floor_s"] = figures["grid_steps"] * figures["step_ms"] / 1000 / 2
-        if figures.get("grid_s"):
-            figures["grid_over_floor"] = figures["grid_s"] / figures["grid_floor_s"]
+    if figures.get("grid_s") and figures.get("grid_floor_s"):
+        figures["grid_over_floor"] = figures["grid_s"] / figures["grid_floor_s"]
+        figures["grid_over_floor_one"] = figures["grid_s"] / figures["grid_floor_one_s"]
     rounded = {k: None if figures.get(k) is None else round(figures[k], 3) for k in FIGURES}
     scaling = {rows: round(s, 1) for rows, s in figures.get("scaling", {}).items()}
+    cells = {how: {cell: round(ms, 4) for cell, ms in by_cell.items()}
+             for how, by_cell in figures.get("step_ms_by_cell", {}).items()}
     return {"machine": machine_text, "date": date, "data": data,
             "load_average": [round(x, 3) for x in loads], "figures": rounded,
-            "scaling_quick_series_s": scaling, "goals": dict(GOALS)}
+            "step_ms_by_cell": cells, "scaling_quick_series_s": scaling, "goals": dict(GOALS)}
 
 
 def format_table(report: dict) -> str:
@@ -301,10 +350,11 @@ def main(argv=None) -> int:
     parser.add_argument("--scaling-rows", default="1000,5000,20000",
                         help="synthetic sample sizes for the quick-series scaling runs")
     parser.add_argument("--grid-child", help=argparse.SUPPRESS)  # internal: fresh-process grid
+    parser.add_argument("--steps-child", help=argparse.SUPPRESS)  # internal: step costs
     args = parser.parse_args(argv)
     configure_runtime()  # before TensorFlow is imported; the child processes inherit it
-    if args.grid_child:
-        grid_child(args.grid_child)
+    if args.grid_child or args.steps_child:
+        grid_child(args.grid_child) if args.grid_child else steps_child(args.steps_child)
         return 0
     loads = [load_average()]
     progress(f"load average at start: {loads[0]}")
