@@ -52,9 +52,9 @@ def build_mlp(n_features, neurons=64, dropout=0.2, learning_rate=1e-3, seed=42,
 # new model's state: initial weights, dropout seeds, a new Adam state, the learning rate. That
 # gives the same numbers as a new model (tests/test_mlp.py) in half the time, and nothing here
 # reads the network's knobs: build_mlp alone defines the network. The new model itself is
-# built once per process and arguments (_initial: it is never trained, so its state stays new).
+# built once per process and arguments (fresh_model: it is never trained, so its state stays new).
 _TRAINERS: dict = {}
-_initial = functools.cache(build_mlp)
+fresh_model = functools.cache(build_mlp)
 _predictor = functools.cache(build_mlp)  # predict only sets the fitted weights
 _FIT_LOCK = threading.Lock()  # Dask runs tasks in threads: one fit at a time per process
 
@@ -141,7 +141,7 @@ class KerasMLPRegressor(RegressorMixin, BaseEstimator):
         order = np.stack([rng.permutation(rows) for _ in range(self.epochs)])  # epochs × rows
         steps = -(-len(rows) // self.batch_size)  # batches per epoch
         data = epoch_batches(X, y, order, self.batch_size)
-        model = _initial(X.shape[1], self.neurons, self.dropout, seed=self.random_state)
+        model = fresh_model(X.shape[1], self.neurons, self.dropout, seed=self.random_state)
         with _FIT_LOCK:
             if held is None:  # no per-epoch work: all epochs in one pass
                 history = _trainer(model, self.learning_rate, STEPS_PER_EXECUTION).fit(
