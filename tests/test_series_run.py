@@ -17,8 +17,9 @@ import nbformat
 import pytest
 from bs4 import BeautifulSoup
 
+from spotify_streams import contract
 from spotify_streams.commands import series_report
-from spotify_streams.config import ROOT, SAMPLE_DATA
+from spotify_streams.config import ROOT, SAMPLE_DATA, resolve_run
 
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -59,6 +60,33 @@ QUICK_BARS = {"03_baseline": {"cross-validating the baselines": 12},
                              "seeds": 3, "other test splits": 2, "permutation importance": 6,
                              "random splits of songs": 2}}
 BAR_LINE = re.compile(r"^(.+): +(\d+)%\|[^|]*\| (\d+)/(\d+) .*$", re.M)
+
+
+def test_another_seed_fails_the_cells_and_the_metrics_of_notebook_03(quick_run, tmp_path):
+    """03 as the quick run ran it, but with SEED=43: the contract fails a cell and a metric."""
+    import papermill
+
+    from spotify_streams.dataset import clean, load_raw, save_clean
+
+    save_clean(clean(load_raw(SAMPLE_DATA)), resolve_run(SAMPLE_DATA, tmp_path).processed_path)
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "03_baseline.ipynb"), str(tmp_path / "03_baseline.ipynb"),
+        parameters={"DATA_PATH": str(SAMPLE_DATA), "OUTPUT_DIR": str(tmp_path), "SEED": 43,
+                    "QUICK": True, "N_JOBS": 1},
+        kernel_name="python3", cwd=str(ROOT / "notebooks"), progress_bar=False)
+    out, the_contract = quick_run[0], contract.load_contract()
+    seed_42, seed_43 = (nbformat.read(d / "03_baseline.ipynb", as_version=4)
+                        for d in (out / "notebooks", tmp_path))
+    sanitize = contract.sanitizer_from_file(ROOT / "tests" / "nbval_sanitize.cfg")
+    messages = contract.compare_notebooks(seed_42, seed_43, the_contract, sanitize, "03")
+    assert any(re.match(r"03 Cell \d+: .*: line \d+: committed \S+, fresh \S+: difference \S+ > "
+                        r"tolerance", m) for m in messages), messages
+    name = "03_baseline.json"
+    messages = contract.compare_metrics(name, *(json.loads((d / "metrics" / name).read_text(
+        encoding="utf-8")) for d in (out, tmp_path)), the_contract)
+    assert f"{name}: seed: committed 42, fresh 43: compared exactly (type int)" in messages
+    assert any(re.match(rf"{name}: cv\[.*\]\.r2_mean: committed \S+, fresh \S+: difference "
+                        r"\S+ > tolerance 0\.02", m) for m in messages), messages
 
 
 def test_each_long_cell_keeps_one_final_bar_line(quick_run):
