@@ -119,7 +119,8 @@ def test_search_progress_counts_every_fit_and_changes_no_result(songs, data, cap
 
 
 def test_the_search_is_the_same_on_two_processes_and_on_a_dask_cluster(songs, data, monkeypatch):
-    """Same scores on 1 and 2 processes and a LocalCluster; no scheduler: ConnectionError."""
+    """Same scores on 1 and 2 processes and on a LocalCluster of two worker threads (the fits
+    take turns: Dask runs tasks in threads); no scheduler: ConnectionError."""
     from dask.distributed import LocalCluster
 
     def on(n_jobs):
@@ -128,7 +129,7 @@ def test_the_search_is_the_same_on_two_processes_and_on_a_dask_cluster(songs, da
 
     on_one = on(1)
     pd.testing.assert_frame_equal(on_one, on(2))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                       dashboard_address=None) as cluster:
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
         with parallel_backend() as where:
