@@ -15,6 +15,7 @@ import json
 import re
 from pathlib import Path
 
+from spotify_streams.commands.benchmark import HIGHER_IS_BETTER  # the figures whose goal is a floor
 from spotify_streams.commands.measure_drift import contract_block as drift_block
 from spotify_streams.commands.series_report import headline_table  # the report's test-set table
 from spotify_streams.config import REPORTS_DIR, ROOT
@@ -195,7 +196,6 @@ PERFORMANCE_ROWS = [  # (what, figure, format); a figure's goal comes from the r
     ("a quick series beside a busy loop, as a multiple of alone", "contention_busy_loop",
      "× {:.2f}"),
 ]
-HIGHER_IS_BETTER = {"speedup_single", "speedup_grid"}
 
 
 def performance_block(bench: dict) -> str:

@@ -99,7 +99,7 @@ def epoch_batches(X, y, order, batch_size):
     """A tf.data pipeline of (X, y) batches: each row of `order` (epochs × rows, row positions)
     is one epoch in that order, cut into batches of batch_size, the last one of an epoch
     smaller. Laid out in memory when that takes at most MATERIALIZE_BYTES (no function for
-    tf.data to trace, about 50 ms less per fit); otherwise the rows are gathered batch by batch.
+    tf.data to trace: docs/performance.md); otherwise the rows are gathered batch by batch.
     Both give the same batches (tests/test_mlp.py)."""
     import tensorflow as tf
 
