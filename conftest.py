@@ -1,7 +1,5 @@
 """Emulated CPU, the contract's rule for nbval cells and reports/, shared fixtures."""
 
-from __future__ import annotations
-
 import json
 import os
 import platform
@@ -18,7 +16,6 @@ from spotify_streams.config import DOWNLOAD_HINT, RAW_DATA, REAL_SHA256, SAMPLE_
 from spotify_streams.runtime import configure_runtime
 
 ROOT = Path(__file__).resolve().parent
-ONEDNN_DEFAULT = "SSE41"
 
 
 def emulate(environ=os.environ, machine: str | None = None, simd: dict | None = None) -> str:
@@ -31,7 +28,7 @@ def emulate(environ=os.environ, machine: str | None = None, simd: dict | None = 
     parts = []
     for name, variable, levels, why in [
             ("numpy", "NPY_DISABLE_CPU_FEATURES", numpy, "this CPU is at numpy's baseline"),
-            ("oneDNN", "ONEDNN_MAX_CPU_ISA", [(ONEDNN_DEFAULT, ONEDNN_DEFAULT)], ""),
+            ("oneDNN", "ONEDNN_MAX_CPU_ISA", [("SSE41", "SSE41")], ""),
             ("OpenBLAS", "OPENBLAS_CORETYPE", [], "make drift covers OPENBLAS_CORETYPE")]:
         if variable in environ:
             parts.append(f"{name} as set ({variable}={environ[variable]})")
@@ -70,28 +67,21 @@ def notebook_skip_reason() -> str | None:
     return None
 
 
-def _is_committed_notebook(item) -> bool:
-    return item.path.suffix == ".ipynb" and (ROOT / "notebooks") in item.path.parents
-
-
 # The longest first, so that both xdist workers finish together (05 ~5 min, the smoke run...).
-LONGEST_FIRST = ["tests/test_series_run.py", "notebooks/05_grid.ipynb",
-                 "notebooks/06_results.ipynb", "notebooks/04_mlp.ipynb", "tests/test_mlp.py",
-                 "tests/test_contract.py", "notebooks/03_baseline.ipynb"]
+LONGEST_FIRST = {ROOT / name: rank for rank, name in enumerate([
+    "tests/test_series_run.py", "notebooks/05_grid.ipynb", "notebooks/06_results.ipynb",
+    "notebooks/04_mlp.ipynb", "tests/test_mlp.py", "tests/test_contract.py",
+    "notebooks/03_baseline.ipynb"])}
 
 
 def pytest_collection_modifyitems(config, items):
     """Longest files first; the rule for every nbval cell; skip notebooks/ without real data."""
-    def rank(item):  # the position of its file in LONGEST_FIRST, others after
-        where = item.path.relative_to(ROOT).as_posix() if item.path.is_relative_to(ROOT) else ""
-        return LONGEST_FIRST.index(where) if where in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    items.sort(key=rank)  # stable: a file's items keep their order
+    items.sort(key=lambda item: LONGEST_FIRST.get(item.path, len(LONGEST_FIRST)))  # stable
     reason, the_contract = notebook_skip_reason(), None
     for item in items:
         if hasattr(item, "compare_outputs"):
             install_rule(item, the_contract := the_contract or contract.load_contract())
-        if reason and _is_committed_notebook(item):
+        if reason and item.nodeid.startswith("notebooks/"):  # a committed notebook's cell
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
@@ -116,7 +106,6 @@ def install_rule(item, the_contract: contract.Contract) -> None:
 # Reports check: the notebooks write into a copy of reports/ (SERIES_REPORTS_DIR); at the end
 # it must reproduce the committed files under the rule (--reports-exact: byte identity).
 REPORTS = ROOT / "reports"
-FRESH_REPORTS = ROOT / "build" / "nbval-reports"
 CHECKED_FOLDERS = ["metrics", "figures"]  # not benchmark.json, drift.json: measurements
 # A nested pytest session (test_contract.py) works in a private copy, not the outer one's.
 SESSION_MARK = "SERIES_TEST_SESSION"
@@ -132,10 +121,8 @@ def _report_files(folder: Path = REPORTS) -> dict:
 def report_differences(before: dict, after: dict, exact: bool = False, limit: int = 40) -> list:
     """Messages for each report file that did not reproduce (at most `limit` each)."""
     messages, the_contract = [], None if exact else contract.load_contract()
-    for key in sorted(before.keys() | after.keys()):
+    for key in sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k)):
         old, new = before.get(key), after.get(key)
-        if old == new:
-            continue
         if old is None or new is None:
             found = [f"{key}: {'created' if old is None else 'deleted'} by the run"]
         elif exact:
@@ -154,34 +141,22 @@ def report_differences(before: dict, after: dict, exact: bool = False, limit: in
     return messages
 
 
-def rebuild_cleaned_data() -> str | None:
-    """Build 02's cleaned data if missing (one notebook on a fresh clone); a line, or None."""
-    from spotify_streams.config import resolve_run
-    from spotify_streams.dataset import clean, load_raw, save_clean
-
-    if notebook_skip_reason() or (path := resolve_run(RAW_DATA).processed_path).is_file():
-        return None
-    return (f"cleaned data: {save_clean(clean(load_raw(RAW_DATA)), path).relative_to(ROOT)} was "
-            f"missing; rebuilt it from {RAW_DATA.relative_to(ROOT)} as notebook 02 does")
-
-
 def pytest_sessionstart(session):
     if hasattr(session.config, "workerinput"):  # an xdist worker: the main process checks
         return
     nested = os.environ.get(SESSION_MARK) == "1"
-    fresh = ROOT / "build" / f"nbval-reports-nested-{os.getpid()}" if nested else FRESH_REPORTS
+    fresh = ROOT / "build" / (f"nbval-reports-nested-{os.getpid()}" if nested else "nbval-reports")
     os.environ[SESSION_MARK] = "1"
     os.environ["SERIES_REPORTS_DIR"] = str(fresh)  # inherited by the workers and the kernels
     shutil.rmtree(fresh, ignore_errors=True)
     for sub in [sub for sub in CHECKED_FOLDERS if (REPORTS / sub).is_dir()]:
         shutil.copytree(REPORTS / sub, fresh / sub)
     session.config._reports_check = (fresh, nested, time.time(), _report_files())
-    if (note := rebuild_cleaned_data()) and (reporter := terminal(session)) is not None:
-        reporter.write_line(note)
+    if not notebook_skip_reason():  # 02's cleaned data, before the kernels read it at once
+        from spotify_streams.config import resolve_run
+        from spotify_streams.dataset import load_songs
 
-
-def terminal(session):
-    return session.config.pluginmanager.get_plugin("terminalreporter")
+        load_songs(resolve_run(RAW_DATA))  # rebuilds it if missing (a fresh clone), says so
 
 
 NOTEBOOKS_RUN = set()  # the committed notebooks that passed (as the main process hears)
@@ -191,7 +166,7 @@ NOTEBOOKS_RUN = set()  # the committed notebooks that passed (as the main proces
 def pytest_runtest_setup(item):
     """A committed notebook's kernel fits in one process (the xdist workers fill the cores)."""
     with pytest.MonkeyPatch.context() as patch:
-        if _is_committed_notebook(item):
+        if item.nodeid.startswith("notebooks/"):
             patch.setenv("JOBLIB_MULTIPROCESSING", "0")
         return (yield)
 
@@ -222,7 +197,8 @@ def pytest_sessionfinish(session, exitstatus):
         os.environ.get("REPORTS_EXACT", "") not in ("", "0")
     messages = problems + report_differences(before, after, exact)
     changed = [key for key in before.keys() | after.keys() if before.get(key) != after.get(key)]
-    write = reporter.write_line if (reporter := terminal(session)) is not None else print
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    write = reporter.write_line if reporter is not None else print
     write(f"reports/: {len(changed)} file(s) came out different"
           f"{' within the contract' if not messages else ''} (this run's versions: {fresh}; "
           "reports/ itself is never written by the tests)")
