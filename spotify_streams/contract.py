@@ -216,8 +216,6 @@ def split_floats(text: str) -> tuple[str, list[Printed]]:
 
 def compare_text(committed: str, fresh: str, contract: Contract) -> list[str]:
     """Messages for two printed texts under the rule."""
-    if committed == fresh:
-        return []
     (template_c, floats_c), (template_f, floats_f) = split_floats(committed), split_floats(fresh)
     lines_c, lines_f = committed.split("\n"), fresh.split("\n")
 
