@@ -1,6 +1,5 @@
 """The contract: drift within the rule passes; a real change fails, naming place and values."""
 
-import copy
 import io
 import json
 import os
@@ -23,7 +22,7 @@ RULE = contract.Contract(0.02, 10.0, "fixed for the tests")
 
 
 def changed(payload, edit):
-    fresh = copy.deepcopy(payload)
+    fresh = json.loads(json.dumps(payload))  # a deep copy, as a metrics file reads back
     edit(fresh)
     return fresh
 
@@ -129,10 +128,9 @@ def test_cell_outputs_and_notebooks():
     assert "Cell 0: output kinds differ" in message
 
 
-def png(size=(60, 40), dark=0, shade=200) -> bytes:
-    img = Image.new("RGB", size, (200, 200, 200))
-    if dark:
-        img.paste((200 - shade,) * 3, (0, 0, dark, 1))
+def png(dark=0, shade=200) -> bytes:  # 60 x 40 grey; `dark` pixels of row 0 darker by `shade`
+    img = Image.new("RGB", (60, 40), (200, 200, 200))
+    img.paste((200 - shade,) * 3, (0, 0, dark, 1))
     img.save(out := io.BytesIO(), format="PNG")
     return out.getvalue()
 
