@@ -1,15 +1,13 @@
 """pyproject.toml's ranges, the lock requirements.txt (`make lock`) and environment.yml agree."""
 
-from __future__ import annotations
-
 import re
 import tomllib
-from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parent.parent
+from spotify_streams.config import ROOT
+
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 
 
@@ -18,29 +16,30 @@ def lock_pins() -> dict[str, str]:
     text = (ROOT / "requirements.txt").read_text(encoding="utf-8")
     lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     assert not [line for line in lines if line and "==" not in line], "only exact pins"
-    return dict(line.split("==", 1) for line in lines if line)
+    pins = [line.split("==", 1) for line in lines if line]
+    return {canonicalize_name(name): version for name, version in pins}
 
 
 def disagreements(requirements: list[str], pins: dict[str, str]) -> list[str]:
     """Each requirement missing from the lock or whose range excludes its pinned version."""
-    pins = {canonicalize_name(name): version for name, version in pins.items()}
-    return [f"{text!r} vs requirements.txt {req.name}=={pinned}" for text in requirements
-            if (pinned := pins.get(canonicalize_name((req := Requirement(text)).name))) is None
-            or not req.specifier.contains(pinned, prereleases=True)]
+    found = []
+    for text in requirements:
+        requirement = Requirement(text)
+        pinned = pins.get(canonicalize_name(requirement.name))
+        if pinned is None or not requirement.specifier.contains(pinned, prereleases=True):
+            found.append(f"{text!r} vs requirements.txt {requirement.name}=={pinned}")
+    return found
 
 
-def test_runtime_and_dev_ranges_admit_the_lock():
+def test_pyproject_ranges_admit_the_lock_and_environment_yml_installs_it():
     pins = lock_pins()
     assert disagreements(PROJECT["dependencies"], pins) == []
     assert disagreements(PROJECT["optional-dependencies"]["dev"], pins) == []
-    assert {"pytest", "nbval", "ruff", "uv"} <= {canonicalize_name(n) for n in pins}
+    assert {"pytest", "nbval", "ruff", "uv"} <= set(pins)
     assert "tensorflow" not in pins, "tensorflow-cpu (CPU-only build), not tensorflow"
     assert disagreements(["numpy>=2.5,<3", "left-pad>=1"], pins) == [  # the check can fail
         f"'numpy>=2.5,<3' vs requirements.txt numpy=={pins['numpy']}",
         "'left-pad>=1' vs requirements.txt left-pad==None"]
-
-
-def test_environment_yml_installs_the_lock():
     text = (ROOT / "environment.yml").read_text(encoding="utf-8")
     assert re.search(r"^\s*- -r requirements\.txt\s*$", text, re.M)
     assert re.search(r"^\s*- python=3\.11\s*$", text, re.M)
