@@ -27,7 +27,6 @@ from spotify_streams.modeling.predict import load_model, predict_streams, save_m
 from spotify_streams.schema import PLATFORM_COLUMNS
 
 TINY = {"neurons": 4, "batch_size": 64, "epochs": 1}  # a network that only has to exist
-NEXT_YEAR = str(pd.Timestamp.today().year + 1)
 
 
 def fitted(songs, name="linear", feature_set="full", **params):
@@ -220,38 +219,26 @@ def test_the_tie_rule_takes_the_simplest_within_the_noise_and_the_grid_refits_by
     assert sel.tie_rule(FOLDS)(results) == 1
 
 
-@pytest.mark.parametrize("kind", ["mean", "linear", "hgb", "rf", "mlp", "ensemble"])
-def test_saved_models_hold_only_the_types_the_series_trusts(songs, tmp_path, kind):
+@pytest.mark.parametrize("name, model", [
+    ("mean", make_baseline("mean", "full")), ("linear", make_baseline("linear", "full")),
+    ("hgb", make_baseline("hgb", "full", max_iter=5)), ("mlp", make_mlp("full", **TINY)),
+    ("rf", make_baseline("rf", "full", n_estimators=3)), ("VotingRegressor", VotingRegressor(
+        [("mlp", make_mlp("full", **TINY)), ("hgb", make_baseline("hgb", "full", max_iter=5))]))])
+def test_saved_models_hold_only_the_types_the_series_trusts(songs, tmp_path, name, model):
     """Every kind 06 may save loads trusting only SAVED_TYPES and predicts as before."""
-    X, y = songs[ft.feature_columns("full")], ft.log_streams(songs)
-    small = {"rf": {"n_estimators": 3}, "hgb": {"max_iter": 5}}.get(kind, {})
-    model = (VotingRegressor([("mlp", make_mlp("full", seed=1, **TINY)), ("hgb", make_baseline(
-        "hgb", "full", max_iter=5))]).fit(X, y) if kind == "ensemble" else fitted(
-        songs, kind, **small))
+    X = songs[ft.feature_columns("full")]
+    model = clone(model).fit(X, ft.log_streams(songs))
     bounds = conformal(songs, model)
     folder = save_model(model, tmp_path, "full", songs, bounds)
-    for name in ["model", "conformal"]:
-        found = set(skops.io.get_untrusted_types(file=folder / f"{name}.skops"))
-        assert found <= predict.SAVED_TYPES, (name, "types to review:", found - predict.SAVED_TYPES)
+    for file in ["model", "conformal"]:
+        found = set(skops.io.get_untrusted_types(file=folder / f"{file}.skops"))
+        assert found <= predict.SAVED_TYPES, (file, "types to review:", found - predict.SAVED_TYPES)
     np.testing.assert_array_equal(load_model(folder).predict(X[:5]), model.predict(X[:5]))
     np.testing.assert_array_equal(load_model(folder, "conformal").predict_interval(X[:5])[1],
                                   bounds.predict_interval(X[:5])[1])
-    if kind == "mlp":
-        info = json.loads((folder / "model.json").read_text())
-        assert info == {"feature_set": "full", "model": "mlp", "blank_key": "C", "quick": False,
-                        "reference_date": "2023-06-20", "confidence_levels": [0.5, 0.8, 0.9, 0.95]}
-
-
-def test_a_model_file_with_other_types_is_refused(songs, linear_model, monkeypatch):
-    trusted = predict.SAVED_TYPES - {"mapie.regression.regression.CrossConformalRegressor"}
-    monkeypatch.setattr(predict, "SAVED_TYPES", trusted)  # the conformal file is refused
-    assert len(predict_streams(songs.head(2), linear_model)) == 2
-    with pytest.raises(UntrustedModelError, match="conformal.skops holds types the series "
-                                                  "never saves.*CrossConformalRegressor"):
-        predict_streams(songs.head(2), linear_model, interval=0.8)
-    monkeypatch.setattr(predict, "SAVED_TYPES", set())  # as if the file held unknown types
-    with pytest.raises(UntrustedModelError, match="holds types the series never saves.*exact_log"):
-        predict_streams(songs.head(2), linear_model)
+    assert json.loads((folder / "model.json").read_text()) == {
+        "feature_set": "full", "model": name, "blank_key": "C", "quick": False,
+        "reference_date": "2023-06-20", "confidence_levels": [0.5, 0.8, 0.9, 0.95]}
 
 
 def test_predict_streams_reads_raw_text_rows_as_training_did(new_songs, linear_model):
@@ -266,58 +253,40 @@ def test_predict_streams_reads_raw_text_rows_as_training_did(new_songs, linear_m
 
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.drop(columns=["bpm"]), "lack column.*bpm"),
+    (lambda d: d.drop(columns=PLATFORM_COLUMNS), "'full' feature set.*inputs='pre-release'"),
     (lambda d: d.assign(bpm="fast"), r"bpm is not a number \('fast'\)"),
     (lambda d: d.assign(released_month=13), "impossible release date"),
-    (lambda d: d.assign(key="H"), r"key is not a key \('H'\)"),
     (lambda d: d.assign(key="Db"), r"key is not a key \('Db'\)"),
     (lambda d: d.assign(mode="major"), r"mode is not Major or Minor \('major'\)"),
-    (lambda d: d.assign(mode=None), "mode is missing"),
-    (lambda d: d.assign(bpm=1e9), r"bpm outside 20–400 or not whole \('1000000000.0'\)"),
     (lambda d: d.assign(**{"danceability_%": 1e6}), "danceability_% outside 0–100"),
     (lambda d: d.assign(in_spotify_playlists=-1), r"in_spotify_playlists below 0 .*'-1'"),
     (lambda d: d.assign(in_spotify_playlists="inf"), r"in_spotify_playlists is not a number"),
     (lambda d: d.assign(released_year=1930), "release year before 1940"),
+    (lambda d: d.assign(released_year=[2024, 2022, 2099]),
+     "(?s)2 of 3 row.*row 0: released after the model's reference date 2023-06-20.*age_days"),
+    (lambda d: d.set_axis(list("abc")).assign(key=["H", "C", "C"], mode=["Major", "Minor", None],
+                                              bpm=[90, 100, 1e9]),  # each refused row, named
+     r"^2 of 3 row\(s\) refused. Fix or remove them:\n  row a: key is not a key \('H'\)\n"
+     r"  row c: mode is missing; bpm outside 20–400 or not whole \('1000000000.0'\)\n"),
     (lambda d: d.iloc[:0], "non-empty")])
-def test_predict_streams_refuses_what_clean_refuses(songs, linear_model, change, message):
+def test_predict_streams_refuses_rows_it_cannot_use(songs, linear_model, change, message):
+    """What clean() refuses, a missing column, a release after the model's reference date."""
     with pytest.raises(DataError, match=message):
         predict_streams(change(songs.head(3)), linear_model)
 
 
-def test_predict_streams_names_each_refused_row_and_why(songs, linear_model):
-    rows = songs.head(4).astype({"key": "str", "bpm": "float"}).set_axis(list("abcd"))
-    rows.loc["a", "key"], rows.loc["c", "bpm"], rows.loc["c", "mode"] = "H", 1e9, None
-    with pytest.raises(DataError) as refused:
-        predict_streams(rows, linear_model)
-    text = str(refused.value)
-    assert text.startswith("2 of 4 row(s) refused") and "Traceback" not in text
-    assert "row a: key is not a key ('H')" in text
-    assert "row c: mode is missing; bpm outside 20–400" in text
-    assert "row b" not in text and "row d" not in text
-
-
-def test_song_age_comes_from_the_reference_date_or_age_days(songs, linear_model):
-    """A release after the reference date is refused naming age_days, which sets the age."""
-    rows = songs.head(3).assign(released_year=[2024, 2022, int(NEXT_YEAR)])
-    with pytest.raises(DataError, match="(?s)2 of 3 row.*row 0: released after the model's "
-                                        "reference date 2023-06-20.*age_days"):
-        predict_streams(rows, linear_model)
-    for wrong in [-1, 2.5, "30", True]:
-        with pytest.raises(ValueError, match="age_days"):
-            predict_streams(rows, linear_model, age_days=wrong)
+def test_song_age_comes_from_the_reference_date_or_age_days_and_never_lowers_the_forecast(
+        songs, saved_models, linear_model):
+    """The forecaster needs no platform counts; it never predicts less for an older song."""
     new_year = songs.head(5).assign(released_year=2023, released_month=1, released_day=1)
     np.testing.assert_allclose(predict_streams(new_year, linear_model, age_days=170),  # days
                                predict_streams(new_year, linear_model))  # to 2023-06-20
-
-
-def test_the_forecaster_needs_no_platform_counts_and_never_falls_with_age(songs, saved_models,
-                                                                         linear_model):
-    """The forecaster's (constrained) prediction never falls with age over 100 songs, 8 ages."""
+    for wrong in [-1, 2.5, "30", True]:
+        with pytest.raises(ValueError, match="age_days"):
+            predict_streams(new_year, linear_model, age_days=wrong)
     rows = songs.head(100).drop(columns=PLATFORM_COLUMNS)
-    with pytest.raises(DataError, match="'full' feature set.*inputs='pre-release'"):
-        predict_streams(rows, linear_model)
-    ages = [0, 7, 90, 365, 730, 2922, 5000, 7305]
     grid = np.column_stack([predict_streams(rows, saved_models / "pre-release", "pre-release", a)
-                            for a in ages])
+                            for a in [0, 7, 90, 365, 730, 2922, 5000, 7305]])
     assert (np.diff(grid, axis=1) >= 0).all() and (grid[:, -1] > grid[:, 0]).mean() > 0.5
     with pytest.raises(ValueError, match="choose 'full' or 'pre-release'"):
         predict_streams(rows, inputs="playlists")
@@ -328,27 +297,25 @@ def test_prediction_intervals_are_the_cross_conformal_regressors(songs, linear_m
     rows = songs.head(4)
     bounds = load_model(linear_model, "conformal").predict_interval(
         rows[ft.feature_columns("full")])[1]
-    outer = None
-    for i, level in enumerate(predict.CONFIDENCE_LEVELS):
-        out = predict_streams(rows, linear_model, interval=level)
+    outs = [predict_streams(rows, linear_model, interval=p) for p in predict.CONFIDENCE_LEVELS]
+    for i, out in enumerate(outs):
         assert list(out.columns) == ["predicted", "lower", "upper"] and out.index.equals(rows.index)
         np.testing.assert_allclose(np.log10(out[["lower", "upper"]]), bounds[:, :, i])
-        assert ((out["lower"] < out["predicted"]) & (out["predicted"] < out["upper"])).all()
-        assert outer is None or ((out["lower"] <= outer["lower"]) &
-                                 (out["upper"] >= outer["upper"])).all()
-        outer = out
     pd.testing.assert_series_equal(predict_streams(rows, linear_model), out["predicted"])
+    edges = [*(o["lower"] for o in outs[::-1]), out["predicted"], *(o["upper"] for o in outs)]
+    assert (np.diff(np.column_stack(edges)) > 0).all()  # nested around the prediction
     for wrong in [0.7, 80, True, "0.8"]:
         with pytest.raises(ValueError, match=rf"interval={wrong!r}: one of 0.5, 0.8, 0.9, 0.95"):
             predict_streams(rows, linear_model, interval=wrong)
-    model = fitted(songs)
+    model = load_model(linear_model)
     with pytest.raises(ValueError, match=r"confidence_level=\[0.5, 0.8, 0.9, 0.95\]"):
         save_model(model, linear_model / "other", "full", songs,
                    conformal(songs, model, levels=[0.9]))
 
 
-def test_without_a_model_and_a_quick_model_is_never_the_default(tmp_path, songs, monkeypatch):
-    """A smoke-run model is never picked up silently; asked for by folder, it is used."""
+def test_a_quick_model_is_never_the_default_and_a_file_with_other_types_is_refused(
+        tmp_path, songs, monkeypatch):
+    """A smoke-run model is used only when asked for by folder; a type never saved is refused."""
     folder = save_fitted(songs, tmp_path / "run" / "models" / "final",
                          make_baseline("linear", "full"), quick=True)
     monkeypatch.setattr(predict, "BUILD_DIR", tmp_path)
@@ -356,6 +323,11 @@ def test_without_a_model_and_a_quick_model_is_never_the_default(tmp_path, songs,
                         lambda *a: type("R", (), {"models_dir": tmp_path / "none"})())
     with pytest.raises(MissingStepError, match="No saved full \\(non-QUICK\\) model.*06_results"):
         predict_streams(songs.head(2))
-    assert len(predict_streams(songs.head(2), folder)) == 2
-    with pytest.raises(FileNotFoundError, match="No saved full"):
-        predict_streams(songs.head(1), tmp_path)
+    trusted = predict.SAVED_TYPES - {"mapie.regression.regression.CrossConformalRegressor"}
+    monkeypatch.setattr(predict, "SAVED_TYPES", trusted)  # the conformal file is refused
+    assert len(predict_streams(songs.head(2), folder)) == 2  # the model file is not
+    with pytest.raises(UntrustedModelError, match="conformal.skops holds types.*CrossConformal"):
+        predict_streams(songs.head(2), folder, interval=0.8)
+    monkeypatch.setattr(predict, "SAVED_TYPES", set())  # as if the file held unknown types
+    with pytest.raises(UntrustedModelError, match="holds types the series never saves.*exact_log"):
+        predict_streams(songs.head(2), folder)
