@@ -14,16 +14,6 @@ from spotify_streams.config import SAMPLE_DATA  # noqa: E402
 from spotify_streams.plots import _count_label, log_axis  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
-def labels(axis) -> list[str]:
-    return [t.get_text() for t in axis.get_majorticklabels() if t.get_visible()]
-
-
 def test_setup_notebook_makes_figures_of_150_dpi(capsys):
     helpers.setup_notebook(DATA_PATH=str(SAMPLE_DATA))
     assert matplotlib.rcParams["figure.dpi"] >= 150 and matplotlib.rcParams["savefig.dpi"] >= 150
@@ -35,8 +25,11 @@ def test_counts_read_as_thousands_millions_billions(value, text):
     assert _count_label(value) == text
 
 
-def panels(lo, hi):
-    """06's actual-versus-predicted panel: PredictionErrorDisplay, both axes in streams."""
+@pytest.mark.parametrize("lo, hi, ticks", [
+    (6.0, 9.6, ["1 M", "10 M", "100 M", "1 B"]), (7.3, 9.5, ["100 M", "1 B"]),
+    (8.0, 8.9, ["100 M", "300 M", "1 B"]), (5.0, 10.0, ["100 k", "10 M", "1 B"])])
+def test_stream_axes_read_in_streams_with_2_to_4_labels_that_never_collide(lo, hi, ticks):
+    """06's actual-versus-predicted panel (PredictionErrorDisplay) once read '100 M300 M'."""
     rng = np.random.default_rng(0)
     y = rng.uniform(lo, hi, 200)
     fig, ax = plt.subplots(figsize=(4.0, 3.8), dpi=150)
@@ -46,27 +39,19 @@ def panels(lo, hi):
     log_axis(ax.yaxis, "actual streams")
     fig.tight_layout()
     fig.canvas.draw()
-    return fig, ax
+    for axis, name in [(ax.xaxis, "predicted"), (ax.yaxis, "actual")]:
+        assert axis.get_label_text() == f"{name} streams (log scale)"
+        shown = [t for t in axis.get_majorticklabels() if t.get_visible()]
+        boxes = [t.get_window_extent() for t in shown]
+        assert [t.get_text() for t in shown] == ticks
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), ticks
+    plt.close(fig)
 
 
-@pytest.mark.parametrize("lo, hi", [(6.0, 9.6), (7.3, 9.5), (8.0, 8.9), (5.0, 10.0)])
-def test_stream_tick_labels_never_collide(lo, hi):
-    """The panels once read '100 M300 M': 2 to 4 ticks, no two labels' boxes overlap."""
-    fig, ax = panels(lo, hi)
-    for axis in (ax.xaxis, ax.yaxis):
-        boxes = [t.get_window_extent(fig.canvas.get_renderer())
-                 for t in axis.get_majorticklabels() if t.get_visible() and t.get_text()]
-        assert 2 <= len(boxes) <= 4, labels(axis)
-        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), \
-            labels(axis)
-
-
-def test_stream_axes_are_labelled_in_streams_or_ratios_not_log10():
-    fig, ax = panels(7.3, 9.5)
-    assert {"100 M", "1 B"} <= set(labels(ax.xaxis)) and "100 M" in labels(ax.yaxis)
-    assert ax.get_xlabel() == "predicted streams (log scale)" and "log10" not in ax.get_ylabel()
+def test_ratio_axes_read_as_factors():
     fig, ax = plt.subplots()
     ax.set_ylim(-0.7, 0.7)
     log_axis(ax.yaxis, "actual ÷ predicted")
     fig.canvas.draw()
-    assert labels(ax.yaxis) == ["×0.3", "×1", "×3"]
+    assert [t.get_text() for t in ax.yaxis.get_majorticklabels()] == ["×0.3", "×1", "×3"]
+    plt.close(fig)
