@@ -15,7 +15,6 @@ from sklearn.utils.estimator_checks import check_estimator
 
 from spotify_streams.evaluation import artist_key, cv_splits
 from spotify_streams.features import feature_columns, log_streams, make_preprocessor
-from spotify_streams.modeling import network
 from spotify_streams.modeling.baselines import make_baseline
 from spotify_streams.modeling.network import KerasMLPRegressor, build_mlp, make_mlp
 from spotify_streams.modeling.selection import grid_param
@@ -23,7 +22,6 @@ from spotify_streams.parallel import parallel_backend, search_progress
 
 TINY = {"neurons": 16, "batch_size": 32, "epochs": 20}  # enough to learn something
 SHORT = {"neurons": 8, "batch_size": 64, "epochs": 3}  # enough to tell two fits apart
-FRESH_SEED = 1
 
 
 @pytest.fixture(scope="module")
@@ -60,35 +58,27 @@ def test_fast_path_scores_like_plain_model_fit(songs, data):
     assert abs(fast.mean() - np.mean(plain)) < max(fast.std(), np.std(plain))
 
 
-def test_the_trainer_cache_gives_a_fresh_models_result(data):
-    """A reused trainer, two fresh processes: bit-identical; another seed differs."""
-    code = ("import json; from spotify_streams import config, dataset as d, features as f\n"
-            "from spotify_streams.modeling.network import make_mlp\n"
-            "s = f.add_features(d.clean(d.load_raw(config.SAMPLE_DATA)).data)\n"
-            "X, y = s[f.feature_columns('full')], f.log_streams(s)\n"
-            f"m = make_mlp('full', seed={FRESH_SEED}, **{SHORT!r}).fit(X, y)\n"
-            "print(json.dumps(m.predict(X.iloc[:20]).tolist()))\n")
+def test_a_seeded_fit_is_bit_identical_in_any_process_and_layout(data, monkeypatch, tmp_path):
+    """Same seed, same predictions: after the trainer cache served other fits, in two fresh
+    processes, and with batches gathered instead of laid out in memory; another seed differs."""
+    pd.to_pickle(data, tmp_path / "data.pkl")
+    code = ("import json, pandas as pd; from spotify_streams.modeling.network import make_mlp\n"
+            f"X, y = pd.read_pickle({str(tmp_path / 'data.pkl')!r})\n"
+            f"m = make_mlp('full', seed=1, **{SHORT!r}).fit(X, y)\n"
+            "print(json.dumps(m.predict(X[:20]).tolist()))\n")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     X, y = data
     for params in [{"learning_rate": 0.01, "batch_size": 32, "epochs": 2}, {"dropout": 0.3}]:
         make_mlp("full", seed=5, **{**SHORT, **params}).fit(X, y)
-    here = make_mlp("full", seed=FRESH_SEED, **SHORT).fit(X, y).predict(X.iloc[:20])
+    here = make_mlp("full", seed=1, **SHORT).fit(X, y).predict(X[:20])
     outputs = [proc.communicate(timeout=300) for proc in procs]
     assert all(proc.returncode == 0 for proc in procs), [err for _, err in outputs]
     fresh = [np.array(json.loads(out.strip().splitlines()[-1]), np.float32) for out, _ in outputs]
-    np.testing.assert_array_equal(here, fresh[0])
-    np.testing.assert_array_equal(*fresh)
-    other = make_mlp("full", seed=FRESH_SEED + 1, **SHORT).fit(X, y).predict(X.iloc[:20])
-    assert not np.array_equal(here, other)
-
-
-def test_batches_laid_out_in_memory_or_gathered_give_the_same_fit(data, monkeypatch):
-    X, y = data
-    laid_out = make_mlp("full", seed=3, **SHORT).fit(X, y).predict(X.iloc[:20])
-    monkeypatch.setattr(network, "MATERIALIZE_BYTES", 0)  # gathered batch by batch
-    np.testing.assert_array_equal(
-        laid_out, make_mlp("full", seed=3, **SHORT).fit(X, y).predict(X.iloc[:20]))
+    np.testing.assert_array_equal(fresh, [here, here])
+    assert not np.array_equal(here, make_mlp("full", seed=2, **SHORT).fit(X, y).predict(X[:20]))
+    monkeypatch.setattr("spotify_streams.modeling.network.MATERIALIZE_BYTES", 0)  # gathered
+    np.testing.assert_array_equal(here, make_mlp("full", seed=1, **SHORT).fit(X, y).predict(X[:20]))
 
 
 def search(songs, estimator, grid, n_jobs):
