@@ -15,7 +15,6 @@ from sklearn.utils.estimator_checks import check_estimator
 
 from spotify_streams.evaluation import artist_key, cv_splits
 from spotify_streams.features import feature_columns, log_streams, make_preprocessor
-from spotify_streams.modeling.baselines import make_baseline
 from spotify_streams.modeling.network import KerasMLPRegressor, build_mlp, make_mlp
 from spotify_streams.modeling.selection import grid_param
 from spotify_streams.parallel import parallel_backend, search_progress
@@ -81,10 +80,11 @@ def test_a_seeded_fit_is_bit_identical_in_any_process_and_layout(data, monkeypat
     np.testing.assert_array_equal(here, make_mlp("full", seed=1, **SHORT).fit(X, y).predict(X[:20]))
 
 
-def search(songs, estimator, grid, n_jobs):
-    """A GridSearchCV of 2 candidates × 2 folds (whole artists), no refit."""
-    return GridSearchCV(estimator, grid, scoring="r2", n_jobs=n_jobs, refit=False,
-                        cv=cv_splits(songs, seed=0, n_repeats=1)[:2])
+def search(songs, n_jobs):
+    """The learning-rate grid of short fits: 2 candidates × 2 folds (whole artists), no refit."""
+    grid = {grid_param("learning_rate"): [0.001, 0.01]}
+    return GridSearchCV(make_mlp("full", seed=0, **SHORT), grid, scoring="r2", n_jobs=n_jobs,
+                        refit=False, cv=cv_splits(songs, seed=0, n_repeats=1)[:2])
 
 
 def results(fitted_search) -> pd.DataFrame:
@@ -92,39 +92,27 @@ def results(fitted_search) -> pd.DataFrame:
         regex=r"^(params|split\d_test_score|mean_test_score|rank_test_score)$")
 
 
-@pytest.mark.parametrize("n_jobs", [1, 2])
-def test_search_progress_counts_every_fit_and_changes_no_result(songs, data, capsys, n_jobs):
-    """The bar ends at 2 candidates × 2 folds = 4 fits; cv_results_ as without it."""
-    # conftest.py turns joblib's processes off for the notebook kernels only, not here
-    assert joblib.effective_n_jobs(n_jobs) == n_jobs
-    grid = {"hgb__max_depth": [2, 3]}
-    plain = search(songs, make_baseline("hgb", "full", max_iter=5), grid, n_jobs).fit(*data)
-    watched = search(songs, make_baseline("hgb", "full", max_iter=5), grid, n_jobs)
-    capsys.readouterr()
-    with search_progress(watched) as running:
-        running.fit(*data)
-    assert capsys.readouterr().err.rsplit("\r", 1)[-1] == "grid search: 100%|██████████| 4/4 fits\n"
-    pd.testing.assert_frame_equal(results(watched), results(plain))
-    assert watched.scoring == "r2"  # restored
-
-
-def test_the_search_is_the_same_on_two_processes_and_on_a_dask_cluster(songs, data, monkeypatch):
-    """Same scores on 1 and 2 processes and on a LocalCluster of two worker threads (the fits
-    take turns: Dask runs tasks in threads); no scheduler: ConnectionError."""
+def test_the_bar_two_processes_and_dask_change_no_search_result(songs, data, capsys, monkeypatch):
+    """One process; the progress bar on 1 and 2 processes (it ends at 2 candidates × 2 folds =
+    4 fits); a LocalCluster of two worker threads (the fits take turns: Dask runs tasks in
+    threads): the same cv_results_. No scheduler: ConnectionError."""
     from dask.distributed import LocalCluster
 
-    def on(n_jobs):
-        grid = {grid_param("learning_rate"): [0.001, 0.01]}
-        return results(search(songs, make_mlp("full", seed=0, **SHORT), grid, n_jobs).fit(*data))
-
-    on_one = on(1)
-    pd.testing.assert_frame_equal(on_one, on(2))
+    plain = results(search(songs, 1).fit(*data))
+    assert joblib.effective_n_jobs(2) == 2  # conftest.py turns them off in notebook kernels only
+    for jobs in [1, 2]:
+        watched = search(songs, jobs)
+        with search_progress(watched) as running:
+            running.fit(*data)
+        assert capsys.readouterr().err.endswith("\rgrid search: 100%|██████████| 4/4 fits\n"), jobs
+        pd.testing.assert_frame_equal(results(watched), plain, obj=f"{jobs} process(es)")
+        assert watched.scoring == "r2"  # restored
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                       dashboard_address=None) as cluster:
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
         with parallel_backend() as where:
             assert where.startswith(f"Dask cluster at {cluster.scheduler_address} (2 workers")
-            pd.testing.assert_frame_equal(on_one, on(2))
+            pd.testing.assert_frame_equal(results(search(songs, 2).fit(*data)), plain)
     with pytest.raises(ConnectionError, match="Cannot reach the Dask scheduler"):
         with parallel_backend("tcp://127.0.0.1:9", timeout="1s"):
             pass
