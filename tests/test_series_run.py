@@ -1,7 +1,5 @@
 """Every check of the one quick run (conftest.quick_run): notebooks, console, report.html."""
 
-from __future__ import annotations
-
 import base64
 import io
 import json
@@ -10,7 +8,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import nbformat
@@ -18,35 +15,10 @@ import pytest
 from bs4 import BeautifulSoup
 
 from spotify_streams import contract
-from spotify_streams.commands import series_report
-from spotify_streams.config import ROOT, SAMPLE_DATA, resolve_run
+from spotify_streams.commands import run_series, series_report
+from spotify_streams.config import ROOT, SAMPLE_DATA
 
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-
-
-@pytest.fixture(scope="module")
-def report(quick_run):
-    """(report.html's text, the parsed page, 06's metrics, its top: before the notebooks)."""
-    out, _ = quick_run
-    text = (out / "report.html").read_text(encoding="utf-8")
-    results = json.loads((out / "metrics" / "06_results.json").read_text())
-    top = BeautifulSoup(text[:text.index('<section class="report-notebook"')], "html.parser")
-    return text, BeautifulSoup(text, "html.parser"), results, top
-
-
-def test_the_series_runs_end_to_end_and_says_synthetic_everywhere(quick_run):
-    out, proc = quick_run
-    for name in NOTEBOOKS:
-        nb = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
-        assert "SYNTHETIC SAMPLE" in json.dumps([c.get("outputs", []) for c in nb.cells]), name
-    for name in ["03_baseline", "04_mlp", "05_grid", "06_results"]:
-        assert (out / "metrics" / f"{name}.json").is_file(), name
-    headline = json.loads((out / "metrics" / "06_results.json").read_text())["headline"]
-    assert {row["feature_set"] for row in headline} == {"audio", "pre-release", "full"}
-    for model in ("final", "pre-release"):
-        assert {p.name for p in (out / "models" / model).iterdir()} == {
-            "model.skops", "conformal.skops", "model.json"}
-    assert "SYNTHETIC" in proc.stdout and (out / "report.html").stat().st_size > 100_000
 
 
 # Bars of a quick run: 4 baselines × 3 feature sets; 3 sets, 2 seeds, 3 sets; 2 configurations
@@ -59,24 +31,38 @@ QUICK_BARS = {"03_baseline": {"cross-validating the baselines": 12},
               "06_results": {"cross-validating": 9, "fitting on the training set": 22,
                              "seeds": 3, "other test splits": 2, "permutation importance": 6,
                              "random splits of songs": 2}}
-BAR_LINE = re.compile(r"^(.+): +(\d+)%\|[^|]*\| (\d+)/(\d+) .*$", re.M)
+BAR_LINE = re.compile(r"^(.+): +\d+%\|[^|]*\| (\d+)/(\d+) .*$", re.M)
+
+
+def test_the_series_runs_end_to_end_synthetic_everywhere_each_bar_one_final_line(quick_run):
+    """Each bar one final line in its notebook (no \\r states) and once on the console."""
+    out, proc = quick_run
+    for name in NOTEBOOKS:
+        nb = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
+        outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+        assert "SYNTHETIC SAMPLE" in json.dumps(outputs), name
+        bars = [m.groups() for o in outputs if o.output_type == "stream"
+                for m in BAR_LINE.finditer(o.text)]
+        assert sorted(bars) == sorted((desc, str(n), str(n))
+                                      for desc, n in QUICK_BARS.get(name, {}).items()), name
+    console = re.findall(r"^  (.+): 100%\|[^|]*\| (\d+)/\2 ", proc.stdout, re.M)
+    assert sorted(console) == sorted((desc, str(n)) for bars in QUICK_BARS.values()
+                                     for desc, n in bars.items())
+    assert sorted(p.name for p in (out / "metrics").iterdir()) == [
+        "03_baseline.json", "04_mlp.json", "05_grid.json", "06_results.json"]
+    for model in ("final", "pre-release"):
+        assert {p.name for p in (out / "models" / model).iterdir()} == {
+            "model.skops", "conformal.skops", "model.json"}
 
 
 def test_another_seed_fails_the_cells_and_the_metrics_of_notebook_03(quick_run, tmp_path):
     """03 as the quick run ran it, but with SEED=43: the contract fails a cell and a metric."""
-    import papermill
-
-    from spotify_streams.dataset import clean, load_raw, save_clean
-
-    save_clean(clean(load_raw(SAMPLE_DATA)), resolve_run(SAMPLE_DATA, tmp_path).processed_path)
-    papermill.execute_notebook(
-        str(ROOT / "notebooks" / "03_baseline.ipynb"), str(tmp_path / "03_baseline.ipynb"),
-        parameters={"DATA_PATH": str(SAMPLE_DATA), "OUTPUT_DIR": str(tmp_path), "SEED": 43,
-                    "QUICK": True, "N_JOBS": 1},
-        kernel_name="python3", cwd=str(ROOT / "notebooks"), progress_bar=False)
     out, the_contract = quick_run[0], contract.load_contract()
-    seed_42, seed_43 = (nbformat.read(d / "03_baseline.ipynb", as_version=4)
-                        for d in (out / "notebooks", tmp_path))
+    shutil.copytree(out / "processed", tmp_path / "processed")  # 02's cleaned data
+    assert run_series.main(["--data", str(SAMPLE_DATA), "--output", str(tmp_path), "--quick",
+                            "--seed", "43", "--only", "3"]) == 0
+    seed_42, seed_43 = (nbformat.read(d / "notebooks" / "03_baseline.ipynb", as_version=4)
+                        for d in (out, tmp_path))
     sanitize = contract.sanitizer_from_file(ROOT / "tests" / "nbval_sanitize.cfg")
     messages = contract.compare_notebooks(seed_42, seed_43, the_contract, sanitize, "03")
     assert any(re.match(r"03 Cell \d+: .*: line \d+: committed \S+, fresh \S+: difference \S+ > "
@@ -87,43 +73,6 @@ def test_another_seed_fails_the_cells_and_the_metrics_of_notebook_03(quick_run, 
     assert f"{name}: seed: committed 42, fresh 43: compared exactly (type int)" in messages
     assert any(re.match(rf"{name}: cv\[.*\]\.r2_mean: committed \S+, fresh \S+: difference "
                         r"\S+ > tolerance 0\.02", m) for m in messages), messages
-
-
-def test_each_long_cell_keeps_one_final_bar_line(quick_run):
-    """Each bar one final line in the notebook (no \\r) and once on the console."""
-    out, proc = quick_run
-    for name, expected in QUICK_BARS.items():
-        nb = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
-        streams = [o.text for c in nb.cells for o in c.get("outputs", [])
-                   if o.output_type == "stream"]
-        assert not any("\r" in text for text in streams), name
-        bars = [m.groups() for text in streams for m in BAR_LINE.finditer(text)]
-        assert {desc: int(n) for desc, _, n, _ in bars} == expected, name
-        assert all(n == total for _, _, n, total in bars) and len(bars) == len(expected), name
-        for desc, total in expected.items():
-            assert len(re.findall(rf"^  {re.escape(desc)}: 100%.* {total}/{total} ", proc.stdout,
-                                  re.M)) == 1, desc
-
-
-def test_the_top_holds_answer_table_banner_figures_conclusions_then_contents(quick_run, report):
-    out, _ = quick_run
-    text, soup, results, top = report
-    assert soup.title.string == f"{series_report.REPORT_TITLE} ({SAMPLE_DATA.name})"
-    answer = top.find("p", class_="report-answer").get_text()
-    assert series_report.takeaway(results) in answer
-    assert f"{results['n_test']} test songs" in answer
-    assert "quick (smoke) run" in top.find("p", class_="report-meta").get_text()
-    table = top.find("table", class_="report-table").get_text()
-    assert all(f"{row['r2']:.3f}" in table for row in results["headline"])
-    banner = top.find(class_="report-banner")
-    assert "SYNTHETIC SAMPLE" in banner.get_text() and "kaggle" in banner.code.get_text()
-    order = [text.index(f'id="{anchor}"') for anchor in
-             ("answer", "results", "figures", "conclusions", "contents", NOTEBOOKS[0])]
-    assert order == sorted(order)
-    figures = top.select("figure.report-figure")
-    assert 2 <= len(figures) <= len(list((out / "figures").glob("*.png")))  # the saved ones
-    assert all(f.img["src"].startswith("data:image/png;base64,") for f in figures)
-    assert all(f.figcaption.a["href"].startswith("#") for f in figures)
 
 
 def test_headline_table_is_models_by_feature_sets():
@@ -143,35 +92,49 @@ def test_headline_table_is_models_by_feature_sets():
         ["model", "a", "b", "typical error (b set)"], [["m", "0.500", "0.250", "×1.50"]])
 
 
-def test_every_notebook_is_a_section_and_every_link_lands_inside(quick_run, report):
-    """Contents, unique ids, links inside, code folded, no prompts, nothing from the network."""
+def test_the_report_page_its_top_then_each_notebook_folded_and_nothing_remote(quick_run):
+    """Answer, table, banner, figures, conclusions, contents, then the notebooks' sections;
+    file links land (# links: test_the_report_in_a_browser); nothing from the network."""
     out, _ = quick_run
-    text, soup, _, _ = report
+    text = (out / "report.html").read_text(encoding="utf-8")
+    soup = BeautifulSoup(text, "html.parser")
+    results = json.loads((out / "metrics" / "06_results.json").read_text())
+    top = BeautifulSoup(text[:text.index('<section class="report-notebook"')], "html.parser")
+    assert soup.title.string == f"{series_report.REPORT_TITLE} ({SAMPLE_DATA.name})"
+    answer = top.find("p", class_="report-answer").get_text()
+    assert series_report.takeaway(results) in answer and f"{results['n_test']} test songs" in answer
+    assert "quick (smoke) run" in top.find("p", class_="report-meta").get_text()
+    assert {row["feature_set"] for row in results["headline"]} == {"audio", "pre-release", "full"}
+    table = top.find("table", class_="report-table").get_text()
+    assert all(f"{row['r2']:.3f}" in table for row in results["headline"])
+    banner = top.find(class_="report-banner")
+    assert "SYNTHETIC SAMPLE" in banner.get_text() and "kaggle" in banner.code.get_text()
+    order = [text.index(f'id="{anchor}"') for anchor in
+             ("answer", "results", "figures", "conclusions", "contents", NOTEBOOKS[0])]
+    assert order == sorted(order)
+    figures = top.select("figure.report-figure")
+    assert 2 <= len(figures) <= len(list((out / "figures").glob("*.png")))  # the saved ones
+    assert all(f.img["src"].startswith("data:image/png;base64,") for f in figures)
+    assert all(f.figcaption.a["href"].startswith("#") for f in figures)
+
     sections = soup.find_all("section", class_="report-notebook")
     assert [s["id"] for s in sections] == NOTEBOOKS and all(s.find("h1") for s in sections)
     toc = soup.find("nav", class_="report-toc")
-    assert [li.a["href"] for li in toc.ol.find_all("li", recursive=False)] == [
-        f"#{name}" for name in NOTEBOOKS]
+    assert [a["href"] for a in toc.select(":scope > ol > li > a")] == [f"#{n}" for n in NOTEBOOKS]
     assert len(toc.select("ol ol a")) >= 3 * len(NOTEBOOKS)  # their sections
     ids = [tag["id"] for tag in soup.find_all(id=True)]
     assert len(ids) == len(set(ids)), "duplicate ids"
     hrefs = [a["href"] for a in soup.find_all("a", href=True)]
-    assert [h for h in hrefs if h.startswith("#") and h[1:] not in set(ids)] == []
     assert [h for h in hrefs if ".ipynb" in h] == [] and any("--" in h for h in hrefs)
+    files = [unquote(urlparse(h).path) for h in hrefs if not urlparse(h).scheme and h[0] != "#"]
+    assert files and all((out / file).exists() for file in files), files  # the model card
     areas = soup.select(".jp-CodeCell .jp-InputArea")
-    assert areas and soup.find(id="report-code-toggle") is not None
-    for area in areas:
-        details = area.find_parent("details")
-        assert details is not None and not details.has_attr("open"), "code not folded"
+    folded = soup.select(".jp-CodeCell details:not([open]) .jp-InputArea")
+    assert areas and areas == folded and soup.find(id="report-code-toggle"), "code not folded"
     assert not re.search(r"\b(In|Out)\s*\[[\d\s]*\]:", soup.find("main").get_text())
     assert str(out) not in text and str(SAMPLE_DATA) not in text and "injected" not in text
-    stdout = '<div class="jp-RenderedText jp-OutputArea-output" data-mime-type="text/plain"'
-    assert not re.search(re.escape(stdout) + r"[^>]*>\s*<pre>[^<]*</pre>\s*</div>\s*</div>\s*"
-                         r'<div class="jp-OutputArea-child">\s*' + re.escape(stdout), text)
-    remote = re.compile(r"^(https?:)?//")
-    assert not [t.get("src") or t.get("href") for t in soup.find_all(["script", "link", "img",
-                                                                      "iframe"])
-                if remote.match(t.get("src") or t.get("href") or "")]
+    assert not [t for t in soup.find_all(["script", "link", "img", "iframe"])
+                if re.match(r"(https?:)?//", t.get("src") or t.get("href") or "")]
     assert not re.search(r"""import\(\s*["']https?:|@import\s+(url\()?["']?https?:""", text)
 
 
@@ -185,9 +148,7 @@ def test_a_partial_run_or_unreadable_metrics_still_get_a_report(quick_run, tmp_p
     assert "06_results is not part of this run" in soup.find(class_="report-note").get_text()
     assert soup.find("table", class_="report-table") is None and soup.find(id="conclusions") is None
     assert soup.find(class_="report-banner") is None and "06_results.ipynb" not in str(soup)
-    ids = {tag["id"] for tag in soup.find_all(id=True)}
-    assert all(a["href"][1:] in ids for a in soup.find_all("a", href=True)
-               if a["href"].startswith("#"))
+    assert all(soup.find(id=a["href"][1:]) for a in soup.select('a[href^="#"]'))
     assert not list(tmp_path.glob(".*partial*"))  # written via a temp file, none left
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "06_results.json").write_text("{not json", encoding="utf-8")
@@ -213,11 +174,10 @@ PROBE = """<script>window.addEventListener("load", () => {
 });</script>"""
 
 
-def headless(tmp_path: Path, *arguments: str) -> str:
+def headless(tmp_path, *arguments: str) -> str:
     """A Chromium-family browser's stdout, headless and off the network (a skip without one)."""
     if (browser := next(filter(None, map(shutil.which, BROWSERS)), None)) is None:
-        pytest.skip(f"no {', '.join(BROWSERS)} on PATH, so the report is not checked in a "
-                    "browser; install one (Debian: apt-get install chromium; .ci/run does)")
+        pytest.skip(f"no {', '.join(BROWSERS)} on PATH (Debian: apt-get install chromium)")
     flags = ["--headless", "--disable-gpu", "--disable-background-networking", "--no-first-run",
              "--disable-component-update", "--disable-sync", "--hide-scrollbars",
              f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}"]
@@ -229,29 +189,22 @@ def headless(tmp_path: Path, *arguments: str) -> str:
 
 
 def test_the_report_in_a_browser(quick_run, tmp_path):
-    """Planted faults show exactly, the text is sans-serif, the screenshot is not blank."""
+    """Images whole, # links land (planted faults show exactly), sans-serif, not blank."""
     from PIL import Image, ImageStat
 
-    page, planted = quick_run[0] / "report.html", iter(["iVBORw0KGgoAAAA", None])
-    text = re.sub(r'src="data:image/png;base64,([^"]*)"', lambda m: 'src="data:image/png;base64,'
-                  f'{next(planted, m[1]) or m[1][:2000]}"', page.read_text(encoding="utf-8"))
-    text = text.replace("</main>", '<a href="#no-such-section">x</a><a href="no-such-file.html">'
-                        'y</a></main>')
-    (probed := tmp_path / "probed.html").write_text(text.replace("</body>", PROBE + "</body>"),
-                                                    encoding="utf-8")
+    page = quick_run[0] / "report.html"
+    text = page.read_text(encoding="utf-8")
+    for data in re.findall(r'src="data:image/png;base64,([^"]*)"', text):
+        Image.open(io.BytesIO(base64.b64decode(data))).load()  # not cut short
+    text = re.sub(r'(src="data:image/png;base64,)[^"]*', r"\1iVBORw0KGgoAAAA", text, count=1)
+    text = text.replace("</main>", '<a href="#no-such-section">x</a></main>')
+    probed = tmp_path / "probed.html"
+    probed.write_text(text.replace("</body>", PROBE + "</body>"), encoding="utf-8")
     dom = headless(tmp_path, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
     assert (probe := BeautifulSoup(dom, "html.parser").find(id="probe")) is not None, dom[-500:]
-    seen, soup, truncated = json.loads(probe.get_text()), BeautifulSoup(text, "html.parser"), 0
-    for img in soup.find_all("img", src=re.compile("^data:image/png;base64,")):
-        try:
-            Image.open(io.BytesIO(base64.b64decode(img["src"].split(",", 1)[1]))).load()
-        except (OSError, ValueError):
-            truncated += 1  # a browser shows the part of a PNG cut short
-    assert seen["images"] >= 3 and seen["broken"] == 1 and truncated == 2, (seen, truncated)
+    seen = json.loads(probe.get_text())
+    assert seen["images"] >= 3 and seen["broken"] == 1, seen
     assert seen["unlanded"] == ["#no-such-section"], seen
-    assert [f for a in soup.find_all("a", href=True) if not urlparse(a["href"]).scheme and
-            a["href"][:1] != "#" and not (page.parent / unquote(f := urlparse(a["href"]).path))
-            .exists()] == ["no-such-file.html"]
     assert "sans-serif" in seen["font"] and "serif" not in seen["font"].split(",")[0], seen
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)
