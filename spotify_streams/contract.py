@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import re
+import statistics
 import tempfile
 from collections import namedtuple
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ def grid_summary(rows) -> dict:
     for knob in [k for k in (rows[0] if rows else {}) if not score.fullmatch(k)]:
         for value in dict.fromkeys(r.get(knob) for r in rows):
             scores = [r.get("mean_test_score") for r in rows if r.get(knob) == value]
-            mean = math.fsum(scores) / len(scores) if all(_is_number(s) for s in scores) else None
+            mean = statistics.fmean(scores) if all(_is_number(s) for s in scores) else None
             out[f"{knob}={value}"] = {"configurations": len(scores), "mean_test_score": mean}
     return out
 
@@ -177,6 +178,8 @@ def compare_figure(committed_png, fresh_png, name: str, contract: Contract,
                    diff_dir: Path | None = None) -> str | None:
     """None within the image tolerance, else a message (diff_dir keeps <stem>-diff.png)."""
     target = Path(diff_dir) / f"{Path(name).stem}-diff.png" if diff_dir else None
+    if target:  # an earlier run's difference image is not this comparison's
+        target.unlink(missing_ok=True)
     try:
         rms = image_rms(committed_png, fresh_png, keep_diff=target)
     except Exception as exc:  # not a readable PNG

@@ -140,6 +140,9 @@ def test_figures_within_the_image_tolerance(tmp_path):
     message = contract.compare_figure(png(), png(dark=60), "cv.png", RULE, diff_dir=tmp_path)
     assert message.startswith("cv.png: RMS 31.623 > image tolerance 10; difference image: ")
     assert (tmp_path / "cv-diff.png").is_file()
+    Image.new("RGB", (61, 40)).save(other := io.BytesIO(), format="PNG")  # no stale diff named:
+    assert contract.compare_figure(png(), other.getvalue(), "cv.png", RULE, diff_dir=tmp_path) == \
+        "cv.png: image size changed > image tolerance 10"
 
 
 @pytest.mark.parametrize("simd, levels", [  # AVX2: test_emulation_defaults_and_the_header
