@@ -122,7 +122,8 @@ def test_columns_extra_reserved_missing_and_the_target_for_rows_to_predict(tmp_p
     (good_lines()[1:] + [row(name="X", mode="minor")], r"'mode'.*'minor'.*allowed"),
     ([row(name=f"S{i}", streams="") for i in range(3)], "usable 'streams'"),
     ([row(name=f"S{i}", streams="n/a") for i in range(3)], "'streams' holds 3 value.*counts"),
-    (good_lines()[1:], "Only 5 usable songs after cleaning; the series needs at least 50")])
+    (good_lines()[1:], "Only 5 usable songs after cleaning; the series needs at least 50"),
+    ([row(name=f"S{i}") for i in range(60)], "60 songs by 1 artists: too few artists to hold")])
 def test_check_data_refuses_bad_values_no_usable_target_or_too_few_songs(tmp_path, lines, message):
     with pytest.raises(DataError, match=message):
         check_data(write(tmp_path, [HEADER, *lines]))

@@ -96,7 +96,7 @@ def test_the_bar_two_processes_and_dask_change_no_search_result(songs, data, cap
     """One process; the progress bar on 1 and 2 processes (it ends at 2 candidates × 2 folds =
     4 fits); a LocalCluster of two worker threads (the fits take turns: Dask runs tasks in
     threads): the same cv_results_. No scheduler: ConnectionError."""
-    from dask.distributed import LocalCluster
+    from dask.distributed import LocalCluster, get_task_stream
 
     plain = results(search(songs, 1).fit(*data))
     assert joblib.effective_n_jobs(2) == 2  # conftest.py turns them off in notebook kernels only
@@ -110,9 +110,10 @@ def test_the_bar_two_processes_and_dask_change_no_search_result(songs, data, cap
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                       dashboard_address=None) as cluster:
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
-        with parallel_backend() as where:
+        with parallel_backend() as where, get_task_stream() as tasks:
             assert where.startswith(f"Dask cluster at {cluster.scheduler_address} (2 workers")
             pd.testing.assert_frame_equal(results(search(songs, 2).fit(*data)), plain)
+        assert len(tasks.data) >= 4, "the 4 fits did not run on the cluster"
     with pytest.raises(ConnectionError, match="Cannot reach the Dask scheduler"):
         with parallel_backend("tcp://127.0.0.1:9", timeout="1s"):
             pass
