@@ -8,17 +8,6 @@ from packaging.utils import canonicalize_name
 
 from spotify_streams.config import ROOT
 
-PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-
-
-def lock_pins() -> dict[str, str]:
-    """name -> version of every `name==version` line of requirements.txt (the lock)."""
-    text = (ROOT / "requirements.txt").read_text(encoding="utf-8")
-    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    assert not [line for line in lines if line and "==" not in line], "only exact pins"
-    pins = [line.split("==", 1) for line in lines if line]
-    return {canonicalize_name(name): version for name, version in pins}
-
 
 def disagreements(requirements: list[str], pins: dict[str, str]) -> list[str]:
     """Each requirement missing from the lock or whose range excludes its pinned version."""
@@ -32,9 +21,14 @@ def disagreements(requirements: list[str], pins: dict[str, str]) -> list[str]:
 
 
 def test_pyproject_ranges_admit_the_lock_and_environment_yml_installs_it():
-    pins = lock_pins()
-    assert disagreements(PROJECT["dependencies"], pins) == []
-    assert disagreements(PROJECT["optional-dependencies"]["dev"], pins) == []
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    lock = (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    lines = [line.split("#", 1)[0].strip() for line in lock]
+    assert not [line for line in lines if line and "==" not in line], "only exact pins"
+    pins = {canonicalize_name(name): version
+            for name, version in (line.split("==", 1) for line in lines if line)}
+    assert disagreements(project["dependencies"], pins) == []
+    assert disagreements(project["optional-dependencies"]["dev"], pins) == []
     assert {"pytest", "nbval", "ruff", "uv"} <= set(pins)
     assert "tensorflow" not in pins, "tensorflow-cpu (CPU-only build), not tensorflow"
     assert disagreements(["numpy>=2.5,<3", "left-pad>=1"], pins) == [  # the check can fail
