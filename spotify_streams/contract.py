@@ -267,22 +267,20 @@ def _clean_stream(text: str) -> str:  # backspaces and carriage returns as nbval
 
 def output_texts(outputs, sanitize: Callable[[str], str] = str) -> dict:
     """{"stream stdout": [text], "text/html": [...], ...} of a cell's outputs, no images."""
-    keyed, streams = {}, {}
+    keyed = {}
     for out in outputs or []:
         kind = out.get("output_type")
-        if kind == "stream":
-            keyed.setdefault(key := f"stream {out.get('name', 'stdout')}", [])
-            streams[key] = streams.get(key, "") + _text(out.get("text", ""))
+        if kind == "stream":  # a stream's pieces as one text
+            key = f"stream {out.get('name', 'stdout')}"
+            keyed[key] = [keyed.get(key, [""])[0] + _text(out.get("text", ""))]
         elif kind in ("display_data", "execute_result"):
             for mime, value in (out.get("data") or {}).items():
                 if mime in TEXT_MIMES:
-                    keyed.setdefault(mime, []).append(sanitize(_text(value)))
+                    keyed.setdefault(mime, []).append(_text(value))
         elif kind == "error":
-            keyed.setdefault("error", []).append(
-                sanitize(f"{out.get('ename')}: {out.get('evalue')}"))
-    for key, text in streams.items():
-        keyed[key] = [sanitize(_clean_stream(text))]
-    return keyed
+            keyed.setdefault("error", []).append(f"{out.get('ename')}: {out.get('evalue')}")
+    return {key: [sanitize(_clean_stream(t) if key.startswith("stream ") else t) for t in texts]
+            for key, texts in keyed.items()}
 
 
 def compare_cell_outputs(committed_outputs, fresh_outputs, contract: Contract,
@@ -306,13 +304,12 @@ def compare_cell_outputs(committed_outputs, fresh_outputs, contract: Contract,
 
 def mask_outputs(outputs, sanitize: Callable[[str], str] = str) -> list:
     """Copies of the outputs with printed floats made FLOAT_MARK, for nbval's own comparison."""
-    masked = []
-    for out in copy.deepcopy(list(outputs or [])):
+    masked = copy.deepcopy(list(outputs or []))
+    for out in masked:
         if out.get("output_type") == "stream":
             out["text"] = split_floats(sanitize(_clean_stream(_text(out.get("text", "")))))[0]
         for mime in [m for m in TEXT_MIMES if m in (out.get("data") or {})]:
             out["data"][mime] = split_floats(sanitize(_text(out["data"][mime])))[0]
-        masked.append(out)
     return masked
 
 
