@@ -1,5 +1,6 @@
 """Emulated CPU, the contract's rule for nbval cells and reports/, shared fixtures."""
 
+import functools
 import json
 import os
 import platform
@@ -77,30 +78,25 @@ LONGEST_FIRST = {ROOT / name: rank for rank, name in enumerate([
 def pytest_collection_modifyitems(config, items):
     """Longest files first; the rule for every nbval cell; skip notebooks/ without real data."""
     items.sort(key=lambda item: LONGEST_FIRST.get(item.path, len(LONGEST_FIRST)))  # stable
-    reason, the_contract = notebook_skip_reason(), None
+    reason, the_contract = notebook_skip_reason(), contract.load_contract()
     for item in items:
-        if hasattr(item, "compare_outputs"):
-            install_rule(item, the_contract := the_contract or contract.load_contract())
+        if hasattr(item, "compare_outputs"):  # an nbval cell
+            item.compare_outputs = functools.partial(compare_under_rule, item, the_contract)
         if reason and item.nodeid.startswith("notebooks/"):  # a committed notebook's cell
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def install_rule(item, the_contract: contract.Contract) -> None:
-    """Wrap nbval's compare_outputs: the rule on the texts, then nbval's on masked floats."""
-    original = item.compare_outputs
+def compare_under_rule(item, the_contract, test, ref, skip_compare=None) -> bool:
+    """nbval's compare_outputs wrapped: the rule on the texts, then nbval's on masked floats."""
     where = f"{item.path.name} Cell {item.cell_num}"
-
-    def compare_outputs(test, ref, skip_compare=None):
-        messages = contract.compare_cell_outputs(ref, test, the_contract, item.sanitize, where)
-        if messages:
-            item.comparison_traceback = [
-                f"{where}: outputs break the reproducibility rule (committed vs fresh; floats "
-                f"within T = {the_contract.tolerance:g}, {the_contract.source}):", *messages]
-            return False
-        return original(contract.mask_outputs(test, item.sanitize),
-                        contract.mask_outputs(ref, item.sanitize), skip_compare)
-
-    item.compare_outputs = compare_outputs
+    messages = contract.compare_cell_outputs(ref, test, the_contract, item.sanitize, where)
+    if messages:
+        item.comparison_traceback = [
+            f"{where}: outputs break the reproducibility rule (committed vs fresh; floats "
+            f"within T = {the_contract.tolerance:g}, {the_contract.source}):", *messages]
+        return False
+    return type(item).compare_outputs(item, contract.mask_outputs(test, item.sanitize),
+                                      contract.mask_outputs(ref, item.sanitize), skip_compare)
 
 
 # Reports check: the notebooks write into a copy of reports/ (SERIES_REPORTS_DIR); at the end
