@@ -220,11 +220,10 @@ def split_floats(text: str) -> tuple[str, list[Printed]]:
 def compare_text(committed: str, fresh: str, contract: Contract) -> list[str]:
     """Messages for two printed texts under the rule."""
     (template_c, floats_c), (template_f, floats_f) = split_floats(committed), split_floats(fresh)
-    lines_c, lines_f = committed.split("\n"), fresh.split("\n")
 
     def both(i):  # the two lines, each clipped to 160 characters
         c, f = (x.strip() if len(x.strip()) <= 160 else x.strip()[:159] + "…"
-                for x in (lines_c[i], lines_f[i]))
+                for x in (committed.split("\n")[i], fresh.split("\n")[i]))
         return f"\n    committed: {c}\n    fresh:     {f}"
 
     if template_c != template_f:
