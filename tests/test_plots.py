@@ -1,22 +1,25 @@
 """The figures: 150 dpi, stream counts in readable units, tick labels that never collide."""
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from sklearn.metrics import PredictionErrorDisplay
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from sklearn.metrics import PredictionErrorDisplay  # noqa: E402
-
-import helpers  # noqa: E402
-from spotify_streams.config import SAMPLE_DATA  # noqa: E402
-from spotify_streams.plots import _count_label, log_axis  # noqa: E402
+import helpers
+from spotify_streams.config import SAMPLE_DATA
+from spotify_streams.plots import _count_label, log_axis
 
 
-def test_setup_notebook_makes_figures_of_150_dpi(capsys):
+def test_series_figures_are_150_dpi_and_ratio_axes_read_as_factors():
     helpers.setup_notebook(DATA_PATH=str(SAMPLE_DATA))
-    assert matplotlib.rcParams["figure.dpi"] >= 150 and matplotlib.rcParams["savefig.dpi"] >= 150
+    fig, ax = plt.subplots()
+    assert fig.dpi >= 150 and matplotlib.rcParams["savefig.dpi"] >= 150
+    ax.set_ylim(-0.7, 0.7)
+    log_axis(ax.yaxis, "actual ÷ predicted")
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.yaxis.get_majorticklabels()] == ["×0.3", "×1", "×3"]
+    plt.close(fig)
 
 
 @pytest.mark.parametrize("value, text", [(1e6, "1 M"), (3e7, "30 M"), (1e9, "1 B"),
@@ -45,13 +48,4 @@ def test_stream_axes_read_in_streams_with_2_to_4_labels_that_never_collide(lo, h
         boxes = [t.get_window_extent() for t in shown]
         assert [t.get_text() for t in shown] == ticks
         assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), ticks
-    plt.close(fig)
-
-
-def test_ratio_axes_read_as_factors():
-    fig, ax = plt.subplots()
-    ax.set_ylim(-0.7, 0.7)
-    log_axis(ax.yaxis, "actual ÷ predicted")
-    fig.canvas.draw()
-    assert [t.get_text() for t in ax.yaxis.get_majorticklabels()] == ["×0.3", "×1", "×3"]
     plt.close(fig)
