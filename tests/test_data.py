@@ -162,8 +162,9 @@ def test_each_quirk_is_dropped_or_filled_and_counted(tmp_path):
     assert with_c.loc["NoKey", "key"] == "unknown"  # in a file that has C, a blank is not C
 
 
-def test_load_songs_rebuilds_the_cleaned_table_once_then_reads_it(tmp_path, songs, capsys):
-    """A notebook opened alone (no 02 before it) rebuilds the cleaned table as 02 does."""
+def test_a_run_rebuilds_its_cleaned_table_once_and_round_trips_its_metrics(tmp_path, songs, capsys):
+    """A notebook opened alone (no 02 before it) rebuilds the cleaned table as 02 does. Metrics
+    keep 6 decimals; those of a notebook not run are a MissingStepError, or the committed ones."""
     run = resolve_run(SAMPLE_DATA, tmp_path)
     load_songs(run)
     assert "Cleaned data not found" in capsys.readouterr().out and run.processed_path.is_file()
@@ -171,6 +172,17 @@ def test_load_songs_rebuilds_the_cleaned_table_once_then_reads_it(tmp_path, song
     assert capsys.readouterr().out == ""  # present: read, not rebuilt
     pd.testing.assert_frame_equal(loaded, songs, check_dtype=False)  # with the derived inputs
     assert loaded["key"].dtype == songs["key"].dtype
+    assert save_metrics(run, "99_test", {"cv": pd.DataFrame({"m": ["a"], "r2": [0.123456789]})},
+                        seed=1) == tmp_path / "metrics" / "99_test.json"
+    assert load_metrics(run, "99_test") == {"notebook": "99_test", "data": SAMPLE_DATA.name,
+                                           "real_data": False, "synthetic": True, "seed": 1,
+                                           "cv": [{"m": "a", "r2": 0.123457}]}
+    with pytest.raises(MissingStepError, match="Run that notebook first") as error:
+        load_metrics(run, "05_grid")
+    assert isinstance(error.value, FileNotFoundError) and not isinstance(error.value, DataError)
+    real = config.Run(config.RAW_DATA, tmp_path, tmp_path / "metrics", True, False)
+    assert load_metrics(real, "05_grid")["tuned"]  # the committed reports/metrics/05_grid.json
+    assert "using the committed" in capsys.readouterr().out
 
 
 def test_the_committed_sample_is_what_the_generator_makes_with_every_quirk():
@@ -193,7 +205,7 @@ def test_resolve_run_output_folders_and_a_quick_run_never_writes_reports(tmp_pat
     run = resolve_run()
     assert run.is_synthetic and not run.is_real and "SYNTHETIC" in config.data_banner(run)
     assert run.metrics_dir == BUILD_DIR / "synthetic" / "metrics"
-    run = resolve_run(SAMPLE_DATA, tmp_path / "out")  # its metrics: test_metrics_round_trip...
+    run = resolve_run(SAMPLE_DATA, tmp_path / "out")  # metrics: test_a_run_rebuilds_its_cleaned...
     assert all(p.is_relative_to(tmp_path / "out") for p in (run.processed_path, run.models_dir))
     run = resolve_run(write(tmp_path, good_lines(), "mine.csv"))
     assert run.output_dir == BUILD_DIR / "mine" and "not the original" in config.data_banner(run)
@@ -259,23 +271,6 @@ def test_good_notebook_parameters_pass():
                             QUICK=True, N_JOBS=1, DASK_SCHEDULER="tcp://10.0.0.5:8786")
     with pytest.raises(TypeError, match="unknown parameter.*SPEED"):
         config.check_parameters(SPEED=1)
-
-
-def test_metrics_round_trip_and_a_missing_step_is_a_missing_step_error(tmp_path, capsys):
-    """6 decimals; a notebook not run is a MissingStepError; committed metrics stand in."""
-    run = resolve_run(SAMPLE_DATA, tmp_path)
-    path = save_metrics(run, "99_test", {"cv": pd.DataFrame({"m": ["a"], "r2": [0.123456789]})},
-                        seed=1)
-    assert path == tmp_path / "metrics" / "99_test.json"
-    assert load_metrics(run, "99_test") == {"notebook": "99_test", "data": SAMPLE_DATA.name,
-                                           "real_data": False, "synthetic": True, "seed": 1,
-                                           "cv": [{"m": "a", "r2": 0.123457}]}
-    with pytest.raises(MissingStepError, match="Run that notebook first") as error:
-        load_metrics(run, "05_grid")
-    assert isinstance(error.value, FileNotFoundError) and not isinstance(error.value, DataError)
-    real = config.Run(config.RAW_DATA, tmp_path, tmp_path / "metrics", True, False)
-    assert load_metrics(real, "05_grid")["tuned"]  # the committed reports/metrics/05_grid.json
-    assert "using the committed" in capsys.readouterr().out
 
 
 def test_only_configure_runtime_sets_the_runtime_variables_and_keeps_the_callers():
