@@ -219,16 +219,6 @@ def test_saved_models_hold_only_the_types_the_series_trusts(songs, tmp_path, nam
         "reference_date": "2023-06-20", "confidence_levels": [0.5, 0.8, 0.9, 0.95]}
 
 
-def test_predict_streams_reads_raw_text_rows_as_training_did(new_songs, linear_model):
-    """The README's way: load_raw(target=False) rows; a blank key is C, a blank shazam imputed."""
-    rows = load_raw(new_songs, target=False)
-    predicted = predict_streams(rows, linear_model)
-    assert predicted.index.equals(rows.index) and np.isfinite(predicted).all()
-    pd.testing.assert_series_equal(predict_streams(rows.assign(key=None), linear_model),
-                                   predict_streams(rows.assign(key="C"), linear_model))
-    assert (predict_streams(rows.assign(in_shazam_charts=None), linear_model) > 0).all()
-
-
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.drop(columns=["bpm"]), "lack column.*bpm"),
     (lambda d: d.drop(columns=PLATFORM_COLUMNS), "'full' feature set.*inputs='pre-release'"),
@@ -270,11 +260,14 @@ def test_song_age_comes_from_the_reference_date_or_age_days_and_never_lowers_the
         predict_streams(rows, inputs="playlists")
 
 
-def test_prediction_intervals_are_the_cross_conformal_regressors(songs, linear_model):
-    """Bounds are 10^ the saved regressor's CV+ bounds, nested; other levels refused."""
-    rows = songs.head(4)
+def test_raw_rows_get_the_features_training_gave_them_and_the_saved_conformal_intervals(
+        songs, new_songs, linear_model):
+    """The README's way: load_raw(target=False) rows, blank key and shazam count included, give
+    the features training gave these songs; bounds are 10^ the saved CV+ bounds, nested."""
+    rows = load_raw(new_songs, target=False)
+    assert rows["key"].isna().any() and rows["in_shazam_charts"].isna().any()
     bounds = load_model(linear_model, "conformal").predict_interval(
-        rows[ft.feature_columns("full")])[1]
+        songs.head(8)[ft.feature_columns("full")])[1]  # the same songs, as training saw them
     outs = [predict_streams(rows, linear_model, interval=p) for p in predict.CONFIDENCE_LEVELS]
     for i, out in enumerate(outs):
         assert list(out.columns) == ["predicted", "lower", "upper"] and out.index.equals(rows.index)
