@@ -31,9 +31,8 @@ def write_notebook(folder, name, *sources, jobs=False):
 
 @pytest.fixture
 def folder(tmp_path):
-    """A folder for a test's notebooks, with one that leaves a mark if it runs."""
+    """A folder for a test's notebooks."""
     (path := tmp_path / "nbs").mkdir()
-    write_notebook(path, "01_marker", "open('ran.txt', 'w').write('ran')")
     return path
 
 
@@ -49,10 +48,9 @@ BAR_CELL = ("import sys, time\nfrom tqdm import tqdm\nfrom spotify_streams.paral
 FINAL_BAR = "inner work: 100%|██████████| 30/30 steps"
 
 
-def test_success_writes_notebooks_report_status_summary_and_one_bar_line(tmp_path, capsys):
+def test_success_writes_notebooks_report_status_summary_and_one_bar_line(tmp_path, capsys, folder):
     """The parameters reach the notebooks (N_JOBS where declared); off a terminal a bar reaches
     the console once, its final line, kept in the notebook."""
-    (folder := tmp_path / "nbs").mkdir()
     write_notebook(folder, "01_first", "print(SEED, QUICK, N_JOBS)", jobs=True)
     write_notebook(folder, "02_skipped", "pass")
     write_notebook(folder, "03_bar", BAR_CELL)
@@ -81,11 +79,10 @@ def test_success_writes_notebooks_report_status_summary_and_one_bar_line(tmp_pat
         "0.510 [0.40, 0.60]" in printed
     assert (out / "report.html").resolve().as_uri() in printed  # a link a terminal can open
     assert printed.count("SYNTHETIC") == 2 and "kaggle datasets download" in printed
-    assert sorted(p.name for p in (out / "notebooks").iterdir()) == [
-        "01_first.ipynb", "03_bar.ipynb", "06_results.ipynb"]  # no temp or .failed leftovers
+    done = ["01_first", "03_bar", "06_results"]
+    assert sorted(p.stem for p in (out / "notebooks").iterdir()) == done  # no temp or .failed
     status = json.loads((out / "RUN_STATUS.json").read_text())
-    assert status["status"] == "complete" and status["notebooks_done"] == [
-        "01_first", "03_bar", "06_results"]
+    assert status["status"] == "complete" and status["notebooks_done"] == done
     assert main(folder, "--output", tmp_path / "out2", "--only", "1") == 0
     assert "no headline metrics (06 not run)" in capsys.readouterr().out
     executed = nbformat.read(tmp_path / "out2" / "notebooks" / "01_first.ipynb", as_version=4)
@@ -93,6 +90,7 @@ def test_success_writes_notebooks_report_status_summary_and_one_bar_line(tmp_pat
 
 
 def test_failing_notebook_exits_1_and_keeps_previous_output(tmp_path, capsys, folder):
+    write_notebook(folder, "01_first", "x = 1")
     write_notebook(folder, "02_boom", "y = 2", "# fit the model\nraise ValueError('boom 42')")
     write_notebook(folder, "03_later", "z = 3")
     (out := tmp_path / "out" / "notebooks").mkdir(parents=True)
@@ -102,17 +100,16 @@ def test_failing_notebook_exits_1_and_keeps_previous_output(tmp_path, capsys, fo
     assert "FAILED 02_boom" in err and "ValueError: boom 42" in err and "incomplete" in err
     assert "# fit the model" in err and "cell " in err
     assert (out / "02_boom.ipynb").read_text() == "output of an earlier successful run"
-    assert sorted(p.name for p in out.iterdir()) == ["01_marker.ipynb", "02_boom.failed.ipynb",
+    assert sorted(p.name for p in out.iterdir()) == ["01_first.ipynb", "02_boom.failed.ipynb",
                                                      "02_boom.ipynb"]  # no hidden temp file
     assert not (out.parent / "report.html").exists()
     status = json.loads((out.parent / "RUN_STATUS.json").read_text())  # the mix is marked
-    assert status["status"] == "failed" and status["notebooks_done"] == ["01_marker"]
+    assert status["status"] == "failed" and status["notebooks_done"] == ["01_first"]
     assert "02_boom failed" in status["meaning"] and "earlier run" in status["meaning"]
 
 
-def test_sigterm_leaves_no_hidden_files_and_marks_the_run(tmp_path):
+def test_sigterm_leaves_no_hidden_files_and_marks_the_run(tmp_path, folder):
     """SIGTERM (a CI timeout): the partial notebook kept as NN.failed.ipynb, the run marked."""
-    (folder := tmp_path / "nbs").mkdir()
     write_notebook(folder, "01_slow", "import time\nopen('started', 'w').close()\ntime.sleep(60)")
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "spotify_streams.commands.run_series",
@@ -139,6 +136,7 @@ def test_sigterm_leaves_no_hidden_files_and_marks_the_run(tmp_path):
 def test_bad_usage_exits_2_with_one_error_line(tmp_path, capsys, folder, monkeypatch, args,
                                                message):
     """Refused before any notebook runs, the files named left as they were."""
+    write_notebook(folder, "01_marker", "open('ran.txt', 'w').write('ran')")  # if it runs
     monkeypatch.chdir(tmp_path)
     (tmp_path / "report.txt").write_text("keep me")
     monkeypatch.setattr(run_series, "RAW_DATA", tmp_path / "absent.csv", raising=False)  # bound
@@ -155,13 +153,12 @@ def test_bad_usage_exits_2_with_one_error_line(tmp_path, capsys, folder, monkeyp
 
 
 def test_refresh_executes_in_place_without_parameters_and_hides_raw_rows(tmp_path, capsys,
-                                                                         monkeypatch):
+                                                                         monkeypatch, folder):
     real = tmp_path / "spotify-2023.csv"
     real.write_bytes(SAMPLE_DATA.read_bytes())  # stands in for the real file
     for name, value in [("RAW_DATA", real), ("REAL_SHA256", config.file_sha256(real))]:
         monkeypatch.setattr(config, name, value)
         monkeypatch.setattr(run_series, name, value, raising=False)  # its own name, if bound
-    (folder := tmp_path / "nbs").mkdir()
     notebook = write_notebook(folder, "01_committed", "print('data is', DATA_PATH)",
                               nbformat.v4.new_code_cell("print('Some Song | Some Artist | 1234')",
                                                         metadata={"tags": ["raw-rows"]}), jobs=True)
