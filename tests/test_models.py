@@ -36,22 +36,19 @@ def linear_model(saved_models):
     return saved_models / "final"
 
 
-@pytest.mark.parametrize("feature_set", list(ft.FEATURE_SETS))
-def test_the_preprocessors_columns_depend_on_the_feature_set_only(songs, feature_set):
-    """preprocessed_columns names the fitted output, on all songs and a few without a NaN."""
-    columns = ft.feature_columns(feature_set)
-    for rows in (songs, songs[songs["in_shazam_charts"].notna()].head(5)):
-        prep = ft.make_preprocessor(feature_set).set_output(transform="pandas").fit(rows[columns])
-        assert list(prep.transform(rows[columns]).columns) == ft.preprocessed_columns(feature_set)
-
-
 def test_feature_sets_weekday_and_the_preprocessor(songs):
+    """The preprocessor's columns depend on the feature set only: all songs, a few without NaN."""
     audio, pre, full = (set(ft.feature_columns(s)) for s in ["audio", "pre-release", "full"])
     assert audio < pre < full and not set(PLATFORM_COLUMNS) & pre
     with pytest.raises(ValueError, match="Unknown feature set 'sound'"):
         ft.feature_columns("sound")
     first = songs.iloc[0]  # the sample's first song: Friday 1957-06-28
     assert (str(first["release_date"].date()), first["release_weekday"]) == ("1957-06-28", "Fri")
+    for feature_set, columns in ft.FEATURE_SETS.items():
+        prep = ft.make_preprocessor(feature_set).set_output(transform="pandas")
+        for rows in (songs, songs[songs["in_shazam_charts"].notna()].head(5)):
+            X = prep.fit(rows[columns]).transform(rows[columns])
+            assert list(X.columns) == ft.preprocessed_columns(feature_set), feature_set
     X = ft.make_preprocessor("full").set_output(transform="pandas").fit_transform(
         songs[ft.feature_columns("full")])
     assert "missingindicator_in_shazam_charts" in X and not X.isna().any().any()
@@ -152,8 +149,7 @@ def test_baseline_knobs_are_set_by_name_and_searchable(songs):
     """Notebook 05 searches f"{name}__knob", 06 builds the tuned model from saved values."""
     forest = make_baseline("rf", "full", seed=3, max_depth=4).named_steps["rf"]
     assert (forest.max_depth, forest.random_state, forest.n_estimators) == (4, 3, 100)
-    searched = clone(make_baseline("hgb", "full")).set_params(hgb__max_depth=3)
-    assert searched.named_steps["hgb"].max_depth == 3
+    assert clone(make_baseline("hgb", "full")).set_params(hgb__max_depth=3)["hgb"].max_depth == 3
     shallow = make_baseline("rf", "full", max_depth=1, n_estimators=3).fit(
         songs[ft.feature_columns("full")], ft.log_streams(songs))
     assert max(t.get_depth() for t in shallow.named_steps["rf"].estimators_) == 1
