@@ -7,12 +7,12 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from urllib.parse import unquote, urlparse
 
 import nbformat
 import pytest
 from bs4 import BeautifulSoup
+from PIL import Image, ImageStat
 
 from spotify_streams import contract
 from spotify_streams.commands import run_series, series_report
@@ -180,18 +180,15 @@ def headless(tmp_path, *arguments: str) -> str:
         pytest.skip(f"no {', '.join(BROWSERS)} on PATH (Debian: apt-get install chromium)")
     flags = ["--headless", "--disable-gpu", "--disable-background-networking", "--no-first-run",
              "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-             f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}"]
+             f"--user-data-dir={tmp_path / 'browser'}"]
     flags += ["--no-sandbox"] * (os.geteuid() == 0)  # Chromium refuses root with its sandbox
-    done = subprocess.run([browser, *flags, *arguments], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    ran = subprocess.run([browser, *flags, *arguments], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    return ran.stdout
 
 
 def test_the_report_in_a_browser(quick_run, tmp_path):
     """Images whole, # links land (planted faults show exactly), sans-serif, not blank."""
-    from PIL import Image, ImageStat
-
     page = quick_run[0] / "report.html"
     text = page.read_text(encoding="utf-8")
     for data in re.findall(r'src="data:image/png;base64,([^"]*)"', text):
@@ -209,8 +206,7 @@ def test_the_report_in_a_browser(quick_run, tmp_path):
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)
     headless(tmp_path, f"--screenshot={SCREENSHOT}", "--window-size=1280,1600", page.as_uri())
-    with Image.open(SCREENSHOT) as shot:
-        gray = shot.convert("L")
-        dark = sum(gray.histogram()[:128]) / (1280 * 1600)
-        assert shot.size == (1280, 1600) and ImageStat.Stat(gray).stddev[0] > 20 and \
-            0.005 < dark < 0.5, "a blank page"
+    gray = Image.open(SCREENSHOT).convert("L")  # convert() reads it all and closes the file
+    dark = sum(gray.histogram()[:128]) / (1280 * 1600)  # the share of dark pixels
+    assert gray.size == (1280, 1600) and ImageStat.Stat(gray).stddev[0] > 20, "a blank page"
+    assert 0.005 < dark < 0.5, f"a blank page? {dark:.1%} of it is dark"
