@@ -88,22 +88,19 @@ def search(songs, n_jobs):
 
 
 def results(fitted_search) -> pd.DataFrame:
-    return pd.DataFrame(fitted_search.cv_results_).filter(
-        regex=r"^(params|split\d_test_score|mean_test_score|rank_test_score)$")
+    return pd.DataFrame(fitted_search.cv_results_).filter(regex="param|test_score")  # no times
 
 
 def test_the_bar_two_processes_and_dask_change_no_search_result(songs, data, capsys, monkeypatch):
-    """One process; the progress bar on 1 and 2 processes (it ends at 2 candidates × 2 folds =
-    4 fits); a LocalCluster of two worker threads (the fits take turns: Dask runs tasks in
-    threads): the same cv_results_. No scheduler: ConnectionError."""
+    """The bar (2 candidates × 2 folds = 4 fits) on 1 and 2 processes and a LocalCluster of two
+    threads (fits take turns) give one process's cv_results_. No scheduler: ConnectionError."""
     from dask.distributed import LocalCluster, get_task_stream
 
     plain = results(search(songs, 1).fit(*data))
     assert joblib.effective_n_jobs(2) == 2  # conftest.py turns them off in notebook kernels only
     for jobs in [1, 2]:
-        watched = search(songs, jobs)
-        with search_progress(watched) as running:
-            running.fit(*data)
+        with search_progress(search(songs, jobs)) as watched:
+            watched.fit(*data)
         assert capsys.readouterr().err.endswith("\rgrid search: 100%|██████████| 4/4 fits\n"), jobs
         pd.testing.assert_frame_equal(results(watched), plain, obj=f"{jobs} process(es)")
         assert watched.scoring == "r2"  # restored
@@ -130,13 +127,11 @@ def test_the_network_is_a_scikit_learn_estimator():
 
 
 def test_early_stopping_holds_out_whole_artists(data, songs):
-    """The validation rows are whole artists (3 of the sample's 12) drawn with the seed; it
-    stops before 200 epochs."""
-    X, y = data
+    """Validation rows: whole artists (3 of the sample's 12) drawn with the seed; it stops early."""
     groups = artist_key(songs)
     fitted = make_mlp("full", seed=2, **{**TINY, "epochs": 200}, early_stopping=True,
-                      patience=3).fit(X, y, mlp__groups=groups)["mlp"].regressor_
+                      patience=3).fit(*data, mlp__groups=groups)["mlp"].regressor_
     assert "val_loss" in fitted.history_ and len(fitted.history_["loss"]) < 200
     held = fitted.validation_rows_
-    assert not set(groups.iloc[held]) & set(groups.iloc[np.setdiff1d(np.arange(len(X)), held)])
+    assert not set(groups.iloc[held]) & set(groups.drop(groups.index[held]))
     assert (len(held), held[:6].tolist()) == (108, [3, 4, 5, 18, 26, 40])
