@@ -122,10 +122,15 @@ def test_cell_outputs_and_notebooks():
     [message] = contract.compare_notebooks(nb(stream, html("<td>0.347</td>")),
                                            nb(stream, html("<td>0.400</td>")), RULE, name="06")
     assert message.startswith("06 Cell 1: text/html: line 1: committed 0.347, fresh 0.400")
+    assert message.endswith("\n    committed: <td>0.347</td>\n    fresh:     <td>0.400</td>")
     assert contract.compare_notebooks(nb(stream, html("1"), ignored=[1]),
                                       nb(stream, html("2")), RULE) == []
     [message] = contract.compare_notebooks(nb(stream), nb(html("<td>0.347</td>")), RULE)
     assert "Cell 0: output kinds differ" in message
+    pieces = [nbformat.v4.new_output("stream", text=t) for t in ["1/4\r", "4/4\n0.3x\b", "47\n"]]
+    assert contract.output_texts(pieces) == {"stream stdout": ["4/4\n0.347\n"]}  # as nbval shows
+    [masked] = contract.mask_outputs(html("<td>0.347</td>"))
+    assert masked["data"]["text/html"] == "<td><float></td>"  # for nbval's own comparison
 
 
 def png(dark=0, shade=200, width=60) -> bytes:  # width x 40 grey; `dark` pixels of row 0
