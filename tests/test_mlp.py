@@ -56,7 +56,8 @@ def test_the_seed_network_fit_plainly_scores_like_the_fast_path(songs, data):
 
 def test_a_seeded_fit_is_bit_identical_in_any_process_and_layout(data, monkeypatch, tmp_path):
     """Same seed, same predictions: after the trainer cache served other fits, in two fresh
-    processes, and with batches gathered instead of laid out in memory; another seed differs."""
+    processes, and with batches gathered instead of laid out in memory; another seed differs,
+    and so does a fourth epoch (all epochs run in one pass: each must train)."""
     pd.to_pickle(data, tmp_path / "data.pkl")
     code = ("import json, pandas as pd; from spotify_streams.modeling.network import make_mlp\n"
             f"X, y = pd.read_pickle({str(tmp_path / 'data.pkl')!r})\n"
@@ -73,6 +74,8 @@ def test_a_seeded_fit_is_bit_identical_in_any_process_and_layout(data, monkeypat
     fresh = [np.array(json.loads(out.strip().splitlines()[-1]), np.float32) for out, _ in outputs]
     np.testing.assert_array_equal(fresh, [here, here])
     assert not np.array_equal(here, make_mlp("full", seed=2, **SHORT).fit(X, y).predict(X[:20]))
+    four = make_mlp("full", seed=1, **{**SHORT, "epochs": 4}).fit(X, y).predict(X[:20])
+    assert not np.array_equal(here, four), "a fourth epoch changed nothing"
     monkeypatch.setattr("spotify_streams.modeling.network.MATERIALIZE_BYTES", 0)  # gathered
     np.testing.assert_array_equal(here, make_mlp("full", seed=1, **SHORT).fit(X, y).predict(X[:20]))
 
