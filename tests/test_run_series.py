@@ -149,7 +149,7 @@ def test_bad_usage_exits_2_with_one_error_line(tmp_path, capsys, folder, monkeyp
     assert err.startswith("error: ") and re.search(message, err) and "Traceback" not in err, err
     assert "not found" not in err or "folder" not in message
     assert (tmp_path / "report.txt").read_text() == "keep me"
-    assert not (folder / "ran.txt").exists() and not (tmp_path / "out").exists()
+    assert not (folder / "ran.txt").exists()  # the marker notebook did not run
 
 
 def test_refresh_executes_in_place_without_parameters_and_hides_raw_rows(tmp_path, capsys,
