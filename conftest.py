@@ -148,11 +148,11 @@ def pytest_sessionstart(session):
     for sub in [sub for sub in CHECKED_FOLDERS if (REPORTS / sub).is_dir()]:
         shutil.copytree(REPORTS / sub, fresh / sub)
     session.config._reports_check = (fresh, nested, time.time(), _report_files())
-    if not notebook_skip_reason():  # 02's cleaned data, before the kernels read it at once
-        from spotify_streams.config import resolve_run
-        from spotify_streams.dataset import load_songs
+    from spotify_streams.config import resolve_run
+    from spotify_streams.dataset import load_songs
 
-        load_songs(resolve_run(RAW_DATA))  # rebuilds it if missing (a fresh clone), says so
+    if not notebook_skip_reason() and not (run := resolve_run(RAW_DATA)).processed_path.is_file():
+        load_songs(run)  # 02's cleaned data, rebuilt as 02 does (a fresh clone), and says so
 
 
 NOTEBOOKS_RUN = set()  # the committed notebooks that passed (as the main process hears)

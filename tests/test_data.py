@@ -57,6 +57,8 @@ def test_resaved_files_give_the_same_frame_and_cp1252_is_logged(tmp_path, varian
         reference.iloc[:, ::-1].to_csv(path, index=False)
     frame = load_raw(path)
     pd.testing.assert_frame_equal(frame, reference)
+    assert [*frame["track_name"][5:7], frame["artist(s)_name"][7]] == [
+        "Café’s Song", "Canción", "Beyoncé"]
     log = clean(frame).steps_table().set_index("step")
     assert log.loc["encoding damage in names", "rows"] == 0
     if variant == "cp1252":  # otherwise not logged: test_damaged_utf8_stays_utf8...
@@ -109,7 +111,9 @@ def test_columns_extra_reserved_missing_and_the_target_for_rows_to_predict(tmp_p
         changed.to_csv(path, index=False)
         with pytest.raises(DataError, match=message):
             load_raw(path)
-    assert "streams" not in load_raw(path, target=False).columns  # the last file: no streams
+    frame.drop(columns=["streams", "bpm"]).to_csv(path, index=False)  # rows to predict, no bpm
+    with pytest.raises(DataError, match=r"lacks required column\(s\): bpm\. "):  # not streams
+        load_raw(path, target=False)  # reading without streams: test_models.py::test_raw_rows...
 
 
 @pytest.mark.parametrize("lines, message", [
@@ -162,7 +166,7 @@ def test_each_quirk_is_dropped_or_filled_and_counted(tmp_path):
     assert with_c.loc["NoKey", "key"] == "unknown"  # in a file that has C, a blank is not C
 
 
-def test_a_run_rebuilds_its_cleaned_table_once_and_round_trips_its_metrics(tmp_path, songs, capsys):
+def test_a_run_rebuilds_cleaned_data_once_and_reads_or_refuses_metrics(tmp_path, songs, capsys):
     """A notebook opened alone (no 02 before it) rebuilds the cleaned table as 02 does. Metrics
     keep 6 decimals; those of a notebook not run are a MissingStepError, or the committed ones."""
     run = resolve_run(SAMPLE_DATA, tmp_path)
@@ -205,7 +209,7 @@ def test_resolve_run_output_folders_and_a_quick_run_never_writes_reports(tmp_pat
     run = resolve_run()
     assert run.is_synthetic and not run.is_real and "SYNTHETIC" in config.data_banner(run)
     assert run.metrics_dir == BUILD_DIR / "synthetic" / "metrics"
-    run = resolve_run(SAMPLE_DATA, tmp_path / "out")  # metrics: test_a_run_rebuilds_its_cleaned...
+    run = resolve_run(SAMPLE_DATA, tmp_path / "out")  # metrics: test_a_run_rebuilds_cleaned_data...
     assert all(p.is_relative_to(tmp_path / "out") for p in (run.processed_path, run.models_dir))
     run = resolve_run(write(tmp_path, good_lines(), "mine.csv"))
     assert run.output_dir == BUILD_DIR / "mine" and "not the original" in config.data_banner(run)

@@ -28,7 +28,7 @@ def data(songs):
     return songs[feature_columns("full")], log_streams(songs)
 
 
-def test_the_seed_network_fit_plainly_scores_like_the_fast_path(songs, data):
+def test_build_mlp_is_the_seed_network_and_our_fast_fit_scores_like_keras_plain_fit(songs, data):
     """build_mlp is the seed's network; Keras's fit on numpy and our tf.data path: CV R² alike."""
     import keras
 

@@ -73,7 +73,7 @@ def test_logs_are_exact_and_the_same_on_every_cpu():
     assert out[0].stdout == out[1].stdout != "", out[0].stderr + out[1].stderr
 
 
-def test_splits_keep_each_artist_on_one_side_and_the_test_split_stays_put(songs):
+def test_splits_keep_artists_whole_cover_every_row_and_the_test_split_stays_put(songs):
     """Removing, editing or reordering songs moves no other song; the seed does."""
     frame = pd.DataFrame({"artist(s)_name": ["Bad Bunny", "bad bunny, Drake", " Drake,Bad Bunny"]})
     assert ev.artist_key(frame).tolist() == ["badbunny", "badbunny", "drake"]
@@ -108,7 +108,7 @@ def test_the_scoring_dict_reports_errors_as_positive_numbers():
     assert ev.scoring()["r2"] == "r2"  # 10^0.3 above: the typical prediction is off by × 2
 
 
-def test_paired_difference_is_the_corrected_resampled_t_test():
+def test_paired_difference_is_the_corrected_t_test_and_real_iff_its_interval_excludes_0():
     """Known values: SE = √((1/4 + 2/8)·s²) = 0.0913 (not s/√4), t = 1.643 on 3 df. One family
     correction for interval and p: a verdict is real exactly when its interval excludes zero."""
     splits, a, b = FOLDS[:4], [0.5, 0.6, 0.7, 0.8], [0.4, 0.6, 0.5, 0.5]
@@ -268,9 +268,10 @@ def test_raw_rows_get_the_features_training_gave_them_and_the_saved_conformal_in
     for i, out in enumerate(outs):
         assert list(out.columns) == ["predicted", "lower", "upper"] and out.index.equals(rows.index)
         np.testing.assert_allclose(np.log10(out[["lower", "upper"]]), bounds[:, :, i])
-    pd.testing.assert_series_equal(predict_streams(rows, linear_model), out["predicted"])
-    edges = [*(o["lower"] for o in outs[::-1]), out["predicted"], *(o["upper"] for o in outs)]
-    assert (np.diff(np.column_stack(edges)) > 0).all()  # nested around the prediction
+    predicted = predict_streams(rows, linear_model)
+    pd.testing.assert_series_equal(predicted, outs[-1]["predicted"])
+    edges = [*(o["lower"] for o in reversed(outs)), predicted, *(o["upper"] for o in outs)]
+    assert (np.diff(np.column_stack(edges)) > 0).all()  # lower 95% < ... < predicted < ... < upper
     for wrong in [0.7, 80, True, "0.8"]:
         with pytest.raises(ValueError, match=rf"interval={wrong!r}: one of 0.5, 0.8, 0.9, 0.95"):
             predict_streams(rows, linear_model, interval=wrong)
