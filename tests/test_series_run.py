@@ -41,6 +41,7 @@ def test_the_series_runs_end_to_end_synthetic_everywhere_each_bar_one_final_line
         nb = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
         outputs = [o for c in nb.cells for o in c.get("outputs", [])]
         assert "SYNTHETIC SAMPLE" in json.dumps(outputs), name
+        assert not [o for o in outputs if o.output_type == "stream" and "\r" in o.text], name
         bars = [m.groups() for o in outputs if o.output_type == "stream"
                 for m in BAR_LINE.finditer(o.text)]
         assert sorted(bars) == sorted((desc, str(n), str(n))
@@ -94,7 +95,7 @@ def test_headline_table_is_models_by_feature_sets():
 
 def test_the_report_page_its_top_then_each_notebook_folded_and_nothing_remote(quick_run):
     """Answer, table, banner, figures, conclusions, contents, then the notebooks' sections;
-    file links land (# links: test_the_report_in_a_browser); nothing from the network."""
+    links land (# links also in test_the_report_in_a_browser); nothing from the network."""
     out, _ = quick_run
     text = (out / "report.html").read_text(encoding="utf-8")
     soup = BeautifulSoup(text, "html.parser")
@@ -125,6 +126,7 @@ def test_the_report_page_its_top_then_each_notebook_folded_and_nothing_remote(qu
     ids = [tag["id"] for tag in soup.find_all(id=True)]
     assert len(ids) == len(set(ids)), "duplicate ids"
     hrefs = [a["href"] for a in soup.find_all("a", href=True)]
+    assert [h for h in hrefs if h[0] == "#" and h[1:] not in ids] == []  # also without a browser
     assert [h for h in hrefs if ".ipynb" in h] == [] and any("--" in h for h in hrefs)
     files = [unquote(urlparse(h).path) for h in hrefs if not urlparse(h).scheme and h[0] != "#"]
     assert files and all((out / file).exists() for file in files), files  # the model card
